@@ -1,0 +1,259 @@
+//! The one executor: runs a model's [`Graph`] for a batch of tokens at positions
+//! p..p+n on the CPU kernels. It knows ops, not architectures.
+
+use std::sync::Arc;
+
+use retort_kernels::cpu::{self, AttentionShape, RopeParams};
+use retort_kernels::DType;
+use retort_models::gguf::GgufFile;
+use retort_models::graph::{ActId, Graph, Op, WeightId};
+
+use crate::error::{Error, Result};
+use crate::kv_cache::KvCache;
+use crate::plan::{plan, ArenaPlan};
+
+/// A weight as the kernels consume it: 2-D weights stay views into the map; 1-D ones
+/// (norm scales, biases, rope factors) are dequantized to f32 once at load.
+enum WeightData<'m> {
+    Matrix { bytes: &'m [u8], dtype: DType, row_len: usize, rows: usize },
+    Vector(Vec<f32>),
+}
+
+pub struct Executor<'m> {
+    graph: Graph,
+    weights: Vec<WeightData<'m>>,
+    plan: ArenaPlan,
+    arena: Vec<f32>,
+    /// Rows each activation holds in the current call.
+    rows: Vec<usize>,
+    max_batch: usize,
+    pub kv: KvCache,
+    pool: Arc<rayon::ThreadPool>,
+    rope_scratch: Vec<(f32, f32)>,
+}
+
+impl<'m> Executor<'m> {
+    /// `n_ctx`: KV cache length. `max_batch`: most tokens per [`Executor::forward`].
+    /// `max_logit_rows`: 1 when only the last position's logits are wanted (generation),
+    /// `max_batch` to allow logits at every position (eval, perplexity).
+    pub fn new(file: &'m GgufFile, graph: Graph, n_ctx: usize, max_batch: usize, max_logit_rows: usize, threads: usize) -> Result<Executor<'m>> {
+        let weights = graph
+            .weights
+            .iter()
+            .map(|w| {
+                let info = file.tensor(&w.name).expect("graph weights come from this file");
+                let bytes = file.tensor_data(info)?;
+                let (row_len, rows) = w.matrix_shape();
+                Ok(if w.dims.len() == 1 {
+                    let mut v = vec![0f32; row_len];
+                    (w.dtype.traits().to_f32)(bytes, &mut v);
+                    WeightData::Vector(v)
+                } else {
+                    WeightData::Matrix { bytes, dtype: w.dtype, row_len, rows }
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let plan = plan(&graph, max_batch, max_logit_rows);
+        log::debug!("scratch arena: {:.1} MiB for {} activations", plan.total as f64 * 4.0 / (1 << 20) as f64, plan.sizes.len());
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map(Arc::new)
+            .map_err(|e| Error::Usage(format!("cannot start {threads} threads: {e}")))?;
+        Ok(Executor {
+            kv: KvCache::new(graph.kv, n_ctx),
+            arena: vec![0f32; plan.total],
+            rows: vec![0; graph.act_widths.len()],
+            weights,
+            plan,
+            graph,
+            max_batch,
+            pool,
+            rope_scratch: Vec::new(),
+        })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.graph.vocab_size()
+    }
+
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    /// Runs `tokens` at positions pos0.. and returns the logits: one row per token when
+    /// `all_logits`, else the last token's row. Keys and values land in the cache.
+    pub fn forward(&mut self, tokens: &[u32], pos0: usize, all_logits: bool) -> Result<&[f32]> {
+        let n = tokens.len();
+        if n == 0 || n > self.max_batch {
+            return Err(Error::Usage(format!("batch of {n} tokens (1 to {} allowed)", self.max_batch)));
+        }
+        if all_logits && self.plan.max_rows[self.graph.logits.0] < n {
+            return Err(Error::Usage("this executor was planned for last-token logits only".into()));
+        }
+        let end = pos0.checked_add(n).unwrap_or(usize::MAX);
+        if end > self.kv.n_ctx() {
+            return Err(Error::ContextFull { needed: end, n_ctx: self.kv.n_ctx() });
+        }
+        let vocab = self.embedding_rows();
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::Usage(format!("token id {bad} is out of range (vocabulary of {vocab})")));
+        }
+        let pool = Arc::clone(&self.pool);
+        pool.install(|| {
+            for i in 0..self.graph.ops.len() {
+                self.run_op(i, tokens, pos0, all_logits);
+            }
+        });
+        self.kv.set_len(end);
+        let logits = self.graph.logits;
+        let len = self.rows[logits.0] * self.graph.act_widths[logits.0];
+        Ok(&self.arena[self.plan.offsets[logits.0]..][..len])
+    }
+
+    fn embedding_rows(&self) -> usize {
+        match self.graph.ops.iter().find_map(|op| match op {
+            Op::Embed { table, .. } => Some(*table),
+            _ => None,
+        }) {
+            Some(t) => match &self.weights[t.0] {
+                WeightData::Matrix { rows, .. } => *rows,
+                WeightData::Vector(_) => 0,
+            },
+            None => 0,
+        }
+    }
+
+    fn run_op(&mut self, i: usize, tokens: &[u32], pos0: usize, all_logits: bool) {
+        let op = self.graph.ops[i].clone();
+        match op {
+            Op::Embed { table, out } => {
+                let WeightData::Matrix { bytes, dtype, row_len, .. } = self.weights[table.0] else { unreachable!() };
+                let row_bytes = dtype.row_bytes(row_len).expect("checked at load");
+                self.rows[out.0] = tokens.len();
+                let dst = self.act_mut(out);
+                for (t, d) in tokens.iter().zip(dst.chunks_exact_mut(row_len)) {
+                    let t = *t as usize;
+                    (dtype.traits().to_f32)(&bytes[t * row_bytes..(t + 1) * row_bytes], d);
+                }
+            }
+            Op::RmsNorm { x, weight, eps, out } => {
+                self.rows[out.0] = self.rows[x.0];
+                let (src, dst) = self.in_out(x, out);
+                let w = vector(&self.weights, weight);
+                cpu::rms_norm(src, w, eps, dst);
+            }
+            Op::MatMul { x, weight, bias, out } => {
+                let n = self.rows[x.0];
+                self.rows[out.0] = n;
+                let WeightData::Matrix { bytes, dtype, row_len, rows } = self.weights[weight.0] else { unreachable!() };
+                let bias = bias.map(|b| vector(&self.weights, b));
+                let (src, dst) = self.in_out(x, out);
+                cpu::matmul(src, n, row_len, bytes, dtype, rows, bias, dst);
+            }
+            Op::Rope { x, rope } => {
+                let params = RopeParams {
+                    style: rope.style,
+                    head_dim: rope.head_dim,
+                    n_rot: rope.n_rot,
+                    freq_base: rope.freq_base,
+                    freq_scale: rope.freq_scale,
+                    freq_factors: rope.freq_factors.map(|f| vector(&self.weights, f)),
+                };
+                let width = self.graph.act_widths[x.0];
+                let (offset, len) = (self.plan.offsets[x.0], self.rows[x.0] * width);
+                let scratch = &mut self.rope_scratch;
+                for (t, row) in self.arena[offset..offset + len].chunks_exact_mut(width).enumerate() {
+                    cpu::rope(row, pos0 + t, &params, scratch);
+                }
+            }
+            Op::StoreKv { layer, k, v } => {
+                let n = self.rows[k.0];
+                let (k_off, v_off) = (self.plan.offsets[k.0], self.plan.offsets[v.0]);
+                let (kw, vw) = (self.graph.act_widths[k.0], self.graph.act_widths[v.0]);
+                self.kv.store(layer, pos0, &self.arena[k_off..k_off + n * kw], &self.arena[v_off..v_off + n * vw]);
+            }
+            Op::Attention { layer, q, n_head, n_head_kv, head_dim, scale, out } => {
+                self.rows[out.0] = self.rows[q.0];
+                let v_head_dim = self.graph.kv.v_width / n_head_kv;
+                let shape = AttentionShape { n_head, n_head_kv, head_dim, v_head_dim, scale };
+                let (q_off, q_len) = (self.plan.offsets[q.0], self.rows[q.0] * self.graph.act_widths[q.0]);
+                let (o_off, o_len) = (self.plan.offsets[out.0], self.rows[out.0] * self.graph.act_widths[out.0]);
+                let (k_cache, v_cache) = self.kv.layer(layer);
+                let (q_slice, out_slice) = split_disjoint(&mut self.arena, q_off..q_off + q_len, o_off..o_off + o_len);
+                cpu::attention(q_slice, k_cache, v_cache, pos0, &shape, out_slice);
+            }
+            Op::Add { a, b, out } => {
+                self.rows[out.0] = self.rows[a.0];
+                let (a, b, dst) = self.in2_out(a, b, out);
+                cpu::add(a, b, dst);
+            }
+            Op::SwiGlu { gate, up, out } => {
+                self.rows[out.0] = self.rows[gate.0];
+                let (g, u, dst) = self.in2_out(gate, up, out);
+                cpu::silu_mul(g, u, dst);
+            }
+            Op::LastRow { x, out } => {
+                let n = self.rows[x.0];
+                let kept = if all_logits { n } else { 1 };
+                self.rows[out.0] = kept;
+                let width = self.graph.act_widths[x.0];
+                let (src, dst) = self.in_out(x, out);
+                dst.copy_from_slice(&src[(n - kept) * width..]);
+            }
+        }
+    }
+
+    fn act_range(&self, a: ActId) -> std::ops::Range<usize> {
+        let off = self.plan.offsets[a.0];
+        off..off + self.rows[a.0] * self.graph.act_widths[a.0]
+    }
+
+    fn act_mut(&mut self, a: ActId) -> &mut [f32] {
+        let r = self.act_range(a);
+        &mut self.arena[r]
+    }
+
+    fn in_out(&mut self, x: ActId, out: ActId) -> (&[f32], &mut [f32]) {
+        let (rx, ro) = (self.act_range(x), self.act_range(out));
+        split_disjoint(&mut self.arena, rx, ro)
+    }
+
+    fn in2_out(&mut self, a: ActId, b: ActId, out: ActId) -> (&[f32], &[f32], &mut [f32]) {
+        let (ra, rb, ro) = (self.act_range(a), self.act_range(b), self.act_range(out));
+        assert!(disjoint(&ra, &ro) && disjoint(&rb, &ro), "planner placed live activations on top of each other");
+        let base = self.arena.as_mut_ptr();
+        // SAFETY: `out` is disjoint from both inputs (asserted); the inputs may alias each
+        // other, which is fine for shared borrows. All ranges lie inside the arena.
+        unsafe {
+            (
+                std::slice::from_raw_parts(base.add(ra.start), ra.len()),
+                std::slice::from_raw_parts(base.add(rb.start), rb.len()),
+                std::slice::from_raw_parts_mut(base.add(ro.start), ro.len()),
+            )
+        }
+    }
+}
+
+fn vector<'a>(weights: &'a [WeightData], w: WeightId) -> &'a [f32] {
+    match &weights[w.0] {
+        WeightData::Vector(v) => v,
+        WeightData::Matrix { .. } => panic!("graph uses a 2-D weight as a vector"),
+    }
+}
+
+fn disjoint(a: &std::ops::Range<usize>, b: &std::ops::Range<usize>) -> bool {
+    a.end <= b.start || b.end <= a.start
+}
+
+/// A shared view of `input` and a mutable view of `output`, two disjoint ranges of one buffer.
+fn split_disjoint(buf: &mut [f32], input: std::ops::Range<usize>, output: std::ops::Range<usize>) -> (&[f32], &mut [f32]) {
+    assert!(disjoint(&input, &output), "planner placed live activations on top of each other");
+    if input.start < output.start {
+        let (lo, hi) = buf.split_at_mut(output.start);
+        (&lo[input], &mut hi[..output.len()])
+    } else {
+        let (lo, hi) = buf.split_at_mut(input.start);
+        (&hi[..input.len()], &mut lo[output])
+    }
+}
