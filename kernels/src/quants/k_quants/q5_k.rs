@@ -1,0 +1,37 @@
+//! Q5_K: 5-bit weights. Each of the 8 groups of 32 weights has a 6-bit scale and a 6-bit min;
+//! weight = d * scale * q - dmin * min.
+//!
+//! Block (176 bytes): d: f16 | dmin: f16 | scales: [u8; 12] | qh: [u8; 32] | qs: [u8; 128].
+//! scales and the low 4 bits in qs are laid out as in Q4_K; the fifth bit of weight 32j + l
+//! (group j) is bit j of qh[l].
+
+use super::{scale_min_k4, K_SCALE_SIZE, QK_K};
+use crate::quants::f16_at;
+
+pub const BLOCK_BYTES: usize = 2 + 2 + K_SCALE_SIZE + QK_K / 8 + QK_K / 2;
+
+pub fn dequantize_block(block: &[u8; BLOCK_BYTES], out: &mut [f32; QK_K]) {
+    let d = f16_at(block, 0);
+    let dmin = f16_at(block, 2);
+    let packed_scales = &block[4..16];
+    let qh = &block[16..48];
+    let qs = &block[48..];
+    for (j, group) in out.chunks_exact_mut(32).enumerate() {
+        let (scale, min) = scale_min_k4(j, packed_scales);
+        let dl = d * scale as f32;
+        let ml = dmin * min as f32;
+        let (stride, shift) = (&qs[32 * (j / 2)..32 * (j / 2) + 32], 4 * (j % 2));
+        for (l, y) in group.iter_mut().enumerate() {
+            let q = ((stride[l] >> shift) & 0x0f) | (((qh[l] >> j) & 1) << 4);
+            *y = dl * q as f32 - ml;
+        }
+    }
+}
+
+pub fn to_f32(src: &[u8], dst: &mut [f32]) {
+    crate::quants::dequantize_row(src, dst, dequantize_block)
+}
+
+pub fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
+    crate::quants::dot_row(row, x, dequantize_block)
+}

@@ -1,0 +1,39 @@
+//! Q8_0: 32 weights share one f16 scale `d`; each weight is an i8 q standing for d * q.
+//!
+//! Block (34 bytes): d: f16 | qs: [i8; 32], in order.
+
+use super::{f16_at, f16_bytes};
+
+pub const QK: usize = 32;
+pub const BLOCK_BYTES: usize = 2 + QK;
+
+pub fn dequantize_block(block: &[u8; BLOCK_BYTES], out: &mut [f32; QK]) {
+    let d = f16_at(block, 0);
+    for (y, &q) in out.iter_mut().zip(&block[2..]) {
+        *y = q as i8 as f32 * d;
+    }
+}
+
+/// quantize_row_q8_0_ref: symmetric, d = amax / 127, q = round(x / d) with ties away from
+/// zero (C's roundf, which is Rust's f32::round).
+pub fn quantize_block(x: &[f32; QK], out: &mut [u8; BLOCK_BYTES]) {
+    let amax = x.iter().fold(0.0f32, |amax, v| amax.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    out[..2].copy_from_slice(&f16_bytes(d));
+    for (q, &v) in out[2..].iter_mut().zip(x) {
+        *q = (v * id).round() as i8 as u8;
+    }
+}
+
+pub fn to_f32(src: &[u8], dst: &mut [f32]) {
+    super::dequantize_row(src, dst, dequantize_block)
+}
+
+pub fn from_f32(src: &[f32], dst: &mut [u8]) {
+    super::quantize_row(src, dst, quantize_block)
+}
+
+pub fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
+    super::dot_row(row, x, dequantize_block)
+}
