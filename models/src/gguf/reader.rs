@@ -121,54 +121,21 @@ impl GgufFile {
     }
 
     fn data_range(&self, t: &TensorInfo) -> std::result::Result<std::ops::Range<usize>, String> {
-        let start = usize::try_from(t.offset)
-            .ok()
-            .and_then(|o| self.data_start.checked_add(o))
-            .ok_or_else(|| format!("tensor '{}' offset {} overflows", t.name, t.offset))?;
-        let end = start
-            .checked_add(t.n_bytes)
-            .ok_or_else(|| format!("tensor '{}' size {} overflows", t.name, t.n_bytes))?;
-        if end > self.file_len() {
-            return Err(format!(
-                "tensor '{}' data [{start}, {end}) lies past the end of the file ({} bytes): the file is truncated or corrupt",
-                t.name,
-                self.file_len()
-            ));
-        }
-        Ok(start..end)
+        data_range(t, self.data_start, self.file_len())
     }
 
-    /// Every tensor inside the file, no two overlapping. Reports the first offender in
-    /// tensor-table order, which is what a truncated download hits first.
+    /// Every tensor inside the file, no two overlapping (see [`check_tensor_ranges`]).
     fn check_tensor_data(&self) -> Result<()> {
-        let mut ranges = Vec::with_capacity(self.tensors.len());
-        let mut past_end = 0usize;
-        let mut first_error = None;
-        for t in &self.tensors {
-            match self.data_range(t) {
-                Ok(r) => ranges.push((r, &t.name)),
-                Err(e) => {
-                    past_end += 1;
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        if let Some(e) = first_error {
-            let others = past_end - 1;
-            let message = if others > 0 { format!("{e} (and {others} more tensors after it)") } else { e };
-            return Err(self.format_error(message));
-        }
-        ranges.sort_by_key(|(r, _)| (r.start, r.end));
-        for pair in ranges.windows(2) {
-            let ((a, a_name), (b, b_name)) = (&pair[0], &pair[1]);
-            if b.start < a.end {
-                return Err(self.format_error(format!(
-                    "tensors '{a_name}' [{}, {}) and '{b_name}' [{}, {}) overlap",
-                    a.start, a.end, b.start, b.end
-                )));
-            }
-        }
-        Ok(())
+        check_tensor_ranges(&self.tensors, self.data_start, self.file_len()).map_err(|message| self.format_error(message))
+    }
+
+    /// Runs the checks of [`GgufFile::open`] (header, metadata, tensor table, every tensor's
+    /// data range inside `bytes` and no overlaps) on bytes in memory, without a file.
+    /// Returns the tensor count. Used by the fuzz targets.
+    pub fn validate_bytes(bytes: &[u8]) -> std::result::Result<usize, String> {
+        let header = parse_header(bytes)?;
+        check_tensor_ranges(&header.tensors, header.data_start, bytes.len())?;
+        Ok(header.tensors.len())
     }
 
     /// True when [`GgufFile::open`] (not just the header) succeeded.
@@ -179,6 +146,57 @@ impl GgufFile {
     fn format_error(&self, message: String) -> Error {
         Error::Format { path: self.path.clone(), message }
     }
+}
+
+/// Where a tensor's data lies in a file of `file_len` bytes whose data section starts at
+/// `data_start`; an error if the range overflows or runs past the end.
+fn data_range(t: &TensorInfo, data_start: usize, file_len: usize) -> std::result::Result<std::ops::Range<usize>, String> {
+    let start = usize::try_from(t.offset)
+        .ok()
+        .and_then(|o| data_start.checked_add(o))
+        .ok_or_else(|| format!("tensor '{}' offset {} overflows", t.name, t.offset))?;
+    let end = start
+        .checked_add(t.n_bytes)
+        .ok_or_else(|| format!("tensor '{}' size {} overflows", t.name, t.n_bytes))?;
+    if end > file_len {
+        return Err(format!(
+            "tensor '{}' data [{start}, {end}) lies past the end of the file ({file_len} bytes): the file is truncated or corrupt",
+            t.name
+        ));
+    }
+    Ok(start..end)
+}
+
+/// Every tensor inside the file, no two overlapping. Reports the first offender in
+/// tensor-table order, which is what a truncated download hits first.
+fn check_tensor_ranges(tensors: &[TensorInfo], data_start: usize, file_len: usize) -> std::result::Result<(), String> {
+    let mut ranges = Vec::with_capacity(tensors.len());
+    let mut past_end = 0usize;
+    let mut first_error = None;
+    for t in tensors {
+        match data_range(t, data_start, file_len) {
+            Ok(r) => ranges.push((r, &t.name)),
+            Err(e) => {
+                past_end += 1;
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        let others = past_end - 1;
+        return Err(if others > 0 { format!("{e} (and {others} more tensors after it)") } else { e });
+    }
+    ranges.sort_by_key(|(r, _)| (r.start, r.end));
+    for pair in ranges.windows(2) {
+        let ((a, a_name), (b, b_name)) = (&pair[0], &pair[1]);
+        if b.start < a.end {
+            return Err(format!(
+                "tensors '{a_name}' [{}, {}) and '{b_name}' [{}, {}) overlap",
+                a.start, a.end, b.start, b.end
+            ));
+        }
+    }
+    Ok(())
 }
 
 struct Header {
