@@ -139,16 +139,17 @@ impl<'m> Executor<'m> {
             }
             Op::RmsNorm { x, weight, eps, out } => {
                 self.rows[out.0] = self.rows[x.0];
-                let (src, dst) = self.in_out(x, out);
-                let w = vector(&self.weights, weight);
-                cpu::rms_norm(src, w, eps, dst);
+                let (rx, ro) = (self.act_range(x), self.act_range(out));
+                let (src, dst) = split_disjoint(&mut self.arena, rx, ro);
+                cpu::rms_norm(src, vector(&self.weights, weight), eps, dst);
             }
             Op::MatMul { x, weight, bias, out } => {
                 let n = self.rows[x.0];
                 self.rows[out.0] = n;
                 let WeightData::Matrix { bytes, dtype, row_len, rows } = self.weights[weight.0] else { unreachable!() };
+                let (rx, ro) = (self.act_range(x), self.act_range(out));
+                let (src, dst) = split_disjoint(&mut self.arena, rx, ro);
                 let bias = bias.map(|b| vector(&self.weights, b));
-                let (src, dst) = self.in_out(x, out);
                 cpu::matmul(src, n, row_len, bytes, dtype, rows, bias, dst);
             }
             Op::Rope { x, rope } => {

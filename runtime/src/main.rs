@@ -120,8 +120,8 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Tokenize { model, text, add_special } => tokenize(model, &text, add_special),
         Command::Inspect { model, json } => inspect(model, json),
-        Command::Eval { model, tokens, logits_out, threads } => eval(model, &tokens, logits_out, threads.get()),
-        Command::Perplexity { model, file, ctx, json, threads } => perplexity(model, file, ctx, json, threads.get()),
+        Command::Eval { model, tokens, logits_out, threads } => threads.get().and_then(|t| eval(model, &tokens, logits_out, t)),
+        Command::Perplexity { model, file, ctx, json, threads } => threads.get().and_then(|t| perplexity(model, file, ctx, json, t)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
