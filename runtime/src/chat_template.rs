@@ -15,6 +15,12 @@
 //! minijinja-contrib's pycompat, negative indexing (`x.split('</think>')[-1]`) and
 //! `namespace()` are minijinja built-ins.
 //!
+//! Where minijinja's semantics differ from jinja2's in ways real templates hit, the template
+//! source is rewritten before compiling (never adding or removing a line): newlines are
+//! normalized, string literals get Python's escapes (`\<newline>` continuation, `\/`, `\a`,
+//! `\v`, `\U...`), and a `for` over `none` fails as Python's does (Phi-4-mini's template
+//! loops over `tools`, which transformers passes as `None`).
+//!
 //! Templates are untrusted input. Rendering is bounded by [`ChatTemplateLimits`]: every
 //! for-loop iteration (its body and its `if` filter) and every macro or call-block body costs one
 //! unit of fuel, a render also stops at a wall-clock deadline, nesting is bounded by a recursion
@@ -37,6 +43,7 @@ use minijinja::{Environment, Error, ErrorKind, State, UndefinedBehavior, Value};
 
 const TEMPLATE_NAME: &str = "chat_template";
 const TICK_FN: &str = "__retort_tick";
+const ITER_FN: &str = "__retort_iter";
 const BUDGET_TEMP: &str = "__retort_budget";
 
 /// One message of a conversation.
@@ -363,6 +370,7 @@ fn new_environment(limits: ChatTemplateLimits) -> Environment<'static> {
     env.add_function("raise_exception", raise_exception);
     env.add_function("strftime_now", strftime_now);
     env.add_function(TICK_FN, move |state: &State| tick(state, limits));
+    env.add_function(ITER_FN, iterable);
     env
 }
 
@@ -419,6 +427,24 @@ fn raise_exception(message: Value) -> Result<Value, Error> {
         None => py_str(&message),
     };
     Err(Error::new(ErrorKind::InvalidOperation, text.clone()).with_source(Raised(text)))
+}
+
+/// What a `for` loop iterates: the value itself, or a tuple (`for x in a, b`) as a list.
+/// Python cannot iterate `None` (`'NoneType' object is not iterable`), minijinja can; a
+/// template that loops over `tools` when none are given fails in transformers, so it fails here.
+fn iterable(args: Rest<Value>) -> Result<Value, Error> {
+    let mut args = args.0;
+    if args.len() == 1 {
+        let value = args.pop().unwrap_or_default();
+        if value.is_none() {
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                "'NoneType' object is not iterable",
+            ));
+        }
+        return Ok(value);
+    }
+    Ok(Value::from(args))
 }
 
 /// Per-render fuel and deadline, kept in the render state's temps (shared with macro calls).
@@ -992,9 +1018,22 @@ fn strftime_utc(format: &str, unix_secs: i64) -> String {
 // Fuel instrumentation of the template source
 // ------------------------------------------------------------------------------------------------
 
-/// Splices fuel ticks into `source` (see the module docs). Text, comments, `{{ }}` and raw
-/// blocks are copied unchanged; string literals inside tags are skipped while scanning.
+/// Rewrites `source` so that minijinja evaluates it as jinja2 would, and meters it (see the
+/// module docs):
+/// * newlines are normalized to `\n`, as jinja2's lexer does for template data and strings;
+/// * string literals inside tags get Python's escape semantics (see [`fix_string_literals`]);
+/// * `for` iterables go through `__retort_iter(...)`, which rejects `none` as Python does;
+/// * `for` bodies, `for` filters, macro and call-block bodies tick the fuel meter.
+///
+/// Text, comments and raw blocks are copied unchanged; no line is added or removed.
 fn instrument(source: &str) -> String {
+    let normalized;
+    let source = if source.contains('\r') {
+        normalized = source.replace("\r\n", "\n").replace('\r', "\n");
+        normalized.as_str()
+    } else {
+        source
+    };
     let bytes = source.as_bytes();
     let mut out = String::with_capacity(source.len() + 256);
     let mut pos = 0;
@@ -1015,7 +1054,7 @@ fn instrument(source: &str) -> String {
             }
             Some(b'{') => {
                 let end = scan_tag(source, start + 2, "}}").map_or(bytes.len(), |t| t.end);
-                out.push_str(&source[start..end]);
+                out.push_str(&fix_string_literals(&source[start..end]));
                 pos = end;
             }
             Some(b'%') => {
@@ -1023,8 +1062,10 @@ fn instrument(source: &str) -> String {
                     out.push_str(&source[start..]);
                     break;
                 };
-                let text = &source[start..tag.end];
                 let keyword = tag.names.first().map(|n| &source[n.clone()]);
+                // (offset, text) insertions into the tag, in increasing offset order.
+                let mut inserts: Vec<(usize, String)> = Vec::new();
+                let mut tick_after = false;
                 match keyword {
                     Some("raw") => {
                         let end = find_endraw(source, tag.end).unwrap_or(bytes.len());
@@ -1033,43 +1074,43 @@ fn instrument(source: &str) -> String {
                         continue;
                     }
                     Some("for") => {
-                        // `for TARGET in ITER if COND [recursive]`: meter the filter too.
+                        // `for TARGET in ITER [if COND] [recursive]`
                         let names: Vec<&str> =
                             tag.names.iter().map(|n| &source[n.clone()]).collect();
-                        let in_idx = names.iter().position(|n| *n == "in");
-                        let if_idx = in_idx.and_then(|i| {
-                            names[i + 1..]
+                        let last = names.len() - 1;
+                        let recursive = (last > 0
+                            && names[last] == "recursive"
+                            && tag.names[last].end == tag.content_end_trimmed)
+                            .then(|| tag.names[last].start);
+                        if let Some(i) = names.iter().position(|n| *n == "in") {
+                            let if_idx = names[i + 1..]
                                 .iter()
                                 .position(|n| *n == "if")
                                 .map(|j| i + 1 + j)
-                        });
-                        match if_idx {
-                            Some(j) => {
-                                let cond_start = tag.names[j].end;
-                                let last = tag.names.len() - 1;
-                                let cond_end = if last > j
-                                    && names[last] == "recursive"
-                                    && tag.names[last].end == tag.content_end_trimmed
-                                {
-                                    tag.names[last].start
-                                } else {
-                                    tag.content_end
-                                };
-                                out.push_str(&source[start..cond_start]);
-                                let _ = write!(out, " {TICK_FN}() and (");
-                                out.push_str(&source[cond_start..cond_end]);
-                                out.push_str(") ");
-                                out.push_str(&source[cond_end..tag.end]);
+                                .filter(|&j| Some(tag.names[j].start) != recursive);
+                            let tail = recursive.unwrap_or(tag.content_end);
+                            let iter_end = if_idx.map_or(tail, |j| tag.names[j].start);
+                            inserts.push((tag.names[i].end, format!(" {ITER_FN}(")));
+                            inserts.push((iter_end, ") ".to_owned()));
+                            if let Some(j) = if_idx {
+                                inserts.push((tag.names[j].end, format!(" {TICK_FN}() and (")));
+                                inserts.push((tail, ") ".to_owned()));
                             }
-                            None => out.push_str(text),
                         }
-                        push_tick(&mut out, tag.modifier);
+                        tick_after = true;
                     }
-                    Some("macro") | Some("call") => {
-                        out.push_str(text);
-                        push_tick(&mut out, tag.modifier);
-                    }
-                    _ => out.push_str(text),
+                    Some("macro") | Some("call") => tick_after = true,
+                    _ => {}
+                }
+                let mut at = start;
+                for (offset, text) in inserts {
+                    out.push_str(&fix_string_literals(&source[at..offset]));
+                    out.push_str(&text);
+                    at = offset;
+                }
+                out.push_str(&fix_string_literals(&source[at..tag.end]));
+                if tick_after {
+                    push_tick(&mut out, tag.modifier);
                 }
                 pos = tag.end;
             }
@@ -1079,6 +1120,95 @@ fn instrument(source: &str) -> String {
             }
         }
     }
+    out
+}
+
+/// Gives the string literals in a piece of tag source Python's escape semantics (jinja2
+/// decodes literals with the `unicode-escape` codec) where minijinja's differ: `\<newline>` is
+/// a line continuation, `\a` and `\v` are control characters, `\UXXXXXXXX` is a code point,
+/// and `\/` is not an escape. Line continuations become `("..." ~<newline>"...")`, so the
+/// line count is kept. Literals without such escapes are copied unchanged.
+fn fix_string_literals(piece: &str) -> String {
+    let bytes = piece.as_bytes();
+    let mut out = String::with_capacity(piece.len());
+    let mut copied = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        let q = bytes[i];
+        if q != b'\'' && q != b'"' {
+            i += 1;
+            continue;
+        }
+        let lit_start = i;
+        i += 1;
+        let mut needs_fix = false;
+        while i < bytes.len() && bytes[i] != q {
+            if bytes[i] == b'\\' {
+                if matches!(bytes.get(i + 1), Some(b'\n' | b'a' | b'v' | b'U' | b'/')) {
+                    needs_fix = true;
+                }
+                i += 1;
+            }
+            i += 1;
+        }
+        let lit_end = (i + 1).min(bytes.len());
+        i = lit_end;
+        if !needs_fix || lit_end - lit_start < 2 || bytes[lit_end - 1] != q {
+            continue;
+        }
+        out.push_str(&piece[copied..lit_start]);
+        copied = lit_end;
+        let quote = q as char;
+        let body = &piece[lit_start + 1..lit_end - 1];
+        let mut segments = vec![String::new()];
+        let mut chars = body.chars().peekable();
+        while let Some(c) = chars.next() {
+            let seg = segments.last_mut().expect("one segment");
+            if c != '\\' {
+                seg.push(c);
+                continue;
+            }
+            match chars.next() {
+                Some('\n') => segments.push(String::new()),
+                Some('a') => seg.push_str("\\x07"),
+                Some('v') => seg.push_str("\\x0b"),
+                Some('/') => seg.push_str("\\\\/"),
+                Some('U') => {
+                    let hex: String = chars.clone().take(8).collect();
+                    match u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32) {
+                        Some(ch) if hex.len() == 8 => {
+                            for _ in 0..8 {
+                                chars.next();
+                            }
+                            if ch == quote || ch == '\\' {
+                                seg.push('\\');
+                            }
+                            seg.push(ch);
+                        }
+                        _ => seg.push_str("\\U"),
+                    }
+                }
+                Some(d) => {
+                    seg.push('\\');
+                    seg.push(d);
+                }
+                None => seg.push('\\'),
+            }
+        }
+        if segments.len() == 1 {
+            let _ = write!(out, "{quote}{}{quote}", segments[0]);
+        } else {
+            out.push('(');
+            for (k, seg) in segments.iter().enumerate() {
+                if k > 0 {
+                    out.push_str("~\n");
+                }
+                let _ = write!(out, "{quote}{seg}{quote}");
+            }
+            out.push(')');
+        }
+    }
+    out.push_str(&piece[copied..]);
     out
 }
 
@@ -1373,6 +1503,40 @@ mod tests {
         );
         assert_eq!(r("{{ {'b': 1}|tojson(separators=(',', ':')) }}|{{ messages[0]|tojson(sort_keys=true) }}"), r#"{"b":1}|{"content": "é \"q\" <b>&'\n", "role": "user"}"#);
         assert_eq!(r("{{ '🦀'|tojson(true) }}"), r#""\ud83e\udd80""#);
+    }
+
+    #[test]
+    fn python_string_literals_and_newlines() {
+        let src = "{{ \"a\\\nb\" + \"c\\/d\\a\\v\\U0001F600\\d\" }}";
+        assert_eq!(
+            render(src, &[], false).unwrap(),
+            "abc\\/d\x07\x0b\u{1F600}\\d"
+        );
+        let src = "line1\r\n{% if true %}\r\nA\r\n{% endif %}\r\n";
+        assert_eq!(render(src, &[], false).unwrap(), "line1\nA\n");
+        // A line continuation inside a literal keeps later error lines right.
+        let src = "{% set s = 'x\\\ny' %}\n{{ s }}\n{{ s + 1 }}";
+        assert_eq!(render(src, &[], false).unwrap_err().line(), Some(4));
+    }
+
+    #[test]
+    fn iterating_none_fails_like_python() {
+        let err = render("{% for t in tools %}x{% endfor %}", &[], false).unwrap_err();
+        assert_eq!(err.kind(), ChatTemplateErrorKind::Render);
+        assert!(
+            err.to_string()
+                .contains("'NoneType' object is not iterable"),
+            "{err}"
+        );
+        assert!(render("{% for t in none if t %}x{% endfor %}", &[], false).is_err());
+        assert_eq!(
+            render("{% for t in (1, 2) %}{{ t }}{% endfor %}", &[], false).unwrap(),
+            "12"
+        );
+        assert_eq!(
+            render("{% for t in undefined_x %}x{% endfor %}ok", &[], false).unwrap(),
+            "ok"
+        );
     }
 
     #[test]
