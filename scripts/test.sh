@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 export RETORT_MODELS_DIR="${RETORT_MODELS_DIR:-$PWD/models-cache}"
 bash scripts/fetch-models.sh >/dev/null
 export RETORT_REQUIRE_MODELS=1
-cargo test --workspace --all-targets "$@"
+cargo test --release --workspace "$@"

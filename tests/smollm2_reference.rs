@@ -1,0 +1,113 @@
+//! SmolLM2-135M-Instruct (Q4_1) against its references: transformers' float32 forward on
+//! the dequantized weights (logits and greedy text, tests/fixtures/smollm2/, made by
+//! scripts/reference/smollm2_reference.py) and llama.cpp's perplexity on the same file.
+
+use std::path::PathBuf;
+
+use retort::runtime::generate::{self, StopReason};
+use retort::runtime::sampler::{Sampler, SamplerConfig};
+use retort::runtime::Model;
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn fixture(path: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(repo().join(path)).unwrap()).unwrap()
+}
+
+/// The model, or None (skipped loudly) when absent and RETORT_REQUIRE_MODELS is unset.
+fn smollm2() -> Option<Model> {
+    let dir = std::env::var_os("RETORT_MODELS_DIR").map(PathBuf::from).unwrap_or_else(|| repo().join("models-cache"));
+    let path = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !path.exists() {
+        assert!(std::env::var_os("RETORT_REQUIRE_MODELS").is_none(), "{} is missing: run scripts/fetch-models.sh", path.display());
+        eprintln!("SKIPPED: {} not found (run scripts/fetch-models.sh)", path.display());
+        return None;
+    }
+    Some(Model::load(path).unwrap())
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+/// KL(ref ‖ ours) per position, with the reference known on its top 128 tokens (which
+/// hold nearly all the mass) and the rest lumped into one bucket: by the log-sum
+/// inequality this is a lower bound of the full KL that is tight when the tail is small.
+#[test]
+fn logits_match_transformers_on_gpl3() {
+    let Some(model) = smollm2() else { return };
+    let reference = fixture("tests/fixtures/smollm2/gpl3_logits.json");
+    let tokens = ids(&reference["token_ids"]);
+    let mut exec = model.executor(tokens.len(), 512, true, 2).unwrap();
+    let logits = generate::all_logits(&mut exec, &tokens).unwrap();
+    let vocab = exec.vocab_size();
+    let (mut agree, mut kl_sum, mut kl_max) = (0usize, 0.0f64, 0.0f64);
+    for (t, row) in logits.chunks_exact(vocab).enumerate() {
+        let lse = generate::log_sum_exp(row);
+        let ours_argmax = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
+        agree += (ours_argmax as u64 == reference["argmax"][t].as_u64().unwrap()) as usize;
+        let top_ids = ids(&reference["top_ids"][t]);
+        let top_lp: Vec<f64> = reference["top_logprobs"][t].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let (mut kl, mut ref_mass, mut our_mass) = (0.0, 0.0, 0.0);
+        for (&id, &lp_ref) in top_ids.iter().zip(&top_lp) {
+            let lp_ours = row[id as usize] as f64 - lse;
+            kl += lp_ref.exp() * (lp_ref - lp_ours);
+            ref_mass += lp_ref.exp();
+            our_mass += lp_ours.exp();
+        }
+        let (ref_tail, our_tail) = ((1.0 - ref_mass).max(1e-12), (1.0 - our_mass).max(1e-12));
+        kl += ref_tail * (ref_tail / our_tail).ln();
+        kl_sum += kl;
+        kl_max = kl_max.max(kl);
+    }
+    let n = tokens.len();
+    let mean_kl = kl_sum / n as f64;
+    eprintln!("argmax agreement {agree}/{n}, mean KL {mean_kl:.3e}, max KL {kl_max:.3e}");
+    // The bar is ≥ 99% and mean KL < 1e-3; an exact f32 forward lands near 1e-11.
+    assert!(agree * 100 >= n * 99, "argmax agrees at only {agree} of {n} positions");
+    assert!(mean_kl < 1e-6, "mean KL {mean_kl:.3e} (ours is meant to be exact: ~1e-11)");
+}
+
+/// Greedy continuations equal transformers' token for token (until an end-of-turn token,
+/// which stops retort; the reference kept going past it).
+#[test]
+fn greedy_text_matches_transformers() {
+    let Some(model) = smollm2() else { return };
+    let reference = fixture("tests/fixtures/smollm2/greedy.json");
+    let mut exec = model.executor(128, 512, false, 2).unwrap();
+    for case in reference["cases"].as_array().unwrap() {
+        let prompt = case["prompt"].as_str().unwrap();
+        let prompt_ids = model.tokenizer.encode(prompt, true);
+        assert_eq!(prompt_ids, ids(&case["prompt_ids"]), "prompt tokens of {prompt:?}");
+        let expected = ids(&case["generated_ids"]);
+        let mut sampler = Sampler::new(SamplerConfig { temperature: 0.0, ..Default::default() });
+        let mut text = String::new();
+        let out = generate::generate(&mut exec, &model.tokenizer, &prompt_ids, expected.len(), &mut sampler, |s| text.push_str(s)).unwrap();
+        assert_eq!(out.tokens, expected[..out.tokens.len()], "greedy tokens for {prompt:?}");
+        match out.stop {
+            StopReason::TokenLimit => assert_eq!(out.tokens.len(), expected.len()),
+            StopReason::EndOfGeneration => assert!(model.tokenizer.is_end_of_generation(expected[out.tokens.len()])),
+            StopReason::ContextFull => panic!("context of 128 is enough for 32 tokens"),
+        }
+        assert!(case["generated_text"].as_str().unwrap().starts_with(&text), "{text:?}");
+    }
+}
+
+/// llama.cpp's perplexity protocol on GPL-3 with 512-token chunks, against llama.cpp's
+/// own figure on the same file (tests/fixtures/llama_cpp/smollm2_q4_1.json).
+#[test]
+fn perplexity_is_within_one_percent_of_llama_cpp() {
+    let Some(model) = smollm2() else { return };
+    let peer = fixture("tests/fixtures/llama_cpp/smollm2_q4_1.json");
+    let text = std::fs::read_to_string(repo().join("tests/data/GPL-3")).unwrap();
+    let tokens = model.tokenizer.encode(&text, true);
+    let mut exec = model.executor(512, 512, true, 2).unwrap();
+    let (ppl, scored) = generate::perplexity(&mut exec, &tokens, 512, None, |_, _, _| {}).unwrap();
+    let theirs = peer["perplexity"]["ppl"].as_f64().unwrap();
+    eprintln!("perplexity {ppl:.4} over {scored} tokens; llama.cpp {theirs}");
+    assert_eq!(scored, peer["perplexity"]["chunks"].as_u64().unwrap() as usize * 255);
+    assert!((ppl / theirs - 1.0).abs() < 0.01, "perplexity {ppl} vs llama.cpp {theirs}");
+}
