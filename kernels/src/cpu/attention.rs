@@ -40,6 +40,8 @@ pub fn attention(q: &[f32], k_cache: &[f32], v_cache: &[f32], pos0: usize, s: &A
         SCORES.with(|scores| {
             let mut scores = scores.borrow_mut();
             scores.clear();
+            // Room for the whole cache at once, so a growing context never reallocates.
+            scores.reserve(k_cache.len() / k_row);
             scores.extend((0..n_ctx).map(|p| dot(q_h, &k_cache[p * k_row + kv_h * hd..][..hd]) * s.scale));
             softmax(&mut scores);
             o.fill(0.0);
