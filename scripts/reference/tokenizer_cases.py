@@ -245,6 +245,12 @@ CURATED = [
     "\ufffd replacement \ufffd\ufffd", "nul\u0000char", "\u0000", "\u0001\u0002\u001b[31mred\u001b[0m",
     "zero\u200bwidth\u200cnon\u200djoiner\ufeffbom", "\u202eright-to-left override",
     "Z̤͔ͧ̑̓ä͖̭̈̇lͮ̒ͫǧ̗͚̚o̙̔ͮ̇͐̇", "\U0001d400\U0001d401 math bold 𝔘𝔫𝔦𝔠𝔬𝔡𝔢",
+    # normalization (NFC for the Qwen family): Hangul jamo, nukta letters NFC decomposes,
+    # singletons (compat ideographs, Ohm/Angstrom/Kelvin signs, Greek ano teleia and question
+    # mark), canonical reordering, and marks newer than Unicode 9.0 that HF's NFC does not know
+    "\u1100\u1161\u11a8 \u1112\u1161\u11ab\u1100\u1173\u11af", "\u0958\u0959 \u095a", "\uf900\uf901 \u212b \u2126 \u212a",
+    "\u0387 \u037e ; \u1fef", "a\u0316\u0301 a\u0301\u0316 q\u0307\u0323", "Vie\u0302\u0323t Nam, Nguye\u0302\u0303n",
+    "e\u1ac1\u0301 e\u0301\u1ac1 x\u0c3c\u0301", "\U00011935\U00011930 \U00011938", "а\u0301 е\u0301 (Cyrillic stress marks)",
     # long words
     "a" * 300, "Donaudampfschifffahrtsgesellschaftskapitänswitwe" * 4, "ab" * 200 + " " + "9" * 100,
     " " * 50 + "x", "\n" * 20,
@@ -259,6 +265,34 @@ CURATED = [
     # conversations
     CHAT_SMOLLM2, CHAT_R1,
 ]
+
+
+def random_codepoint_texts(n: int, seed: int) -> list[str]:
+    """Texts of arbitrary code points (all planes; runs from one block), mixed with a few
+    common pieces: what the curated texts do not think of, including characters newer than
+    the Unicode versions of some of the tables involved."""
+    rng = random.Random(seed)
+
+    def cp(lo: int, hi: int) -> str:
+        c = rng.randint(lo, hi)
+        return "x" if 0xD800 <= c <= 0xDFFF else chr(c)
+
+    texts = []
+    for _ in range(n):
+        parts = []
+        for _ in range(rng.randint(1, 8)):
+            k = rng.random()
+            if k < 0.35:
+                hi = rng.choice([0x3000, 0x30000, 0x10FFFF])
+                parts.append("".join(cp(0, hi) for _ in range(rng.randint(1, 5))))
+            elif k < 0.55:
+                parts.append(rng.choice([" ", "  ", "\n", "\t", " \n ", "'s", "'S", "1", "22", "4444", "the", " word",
+                                         "<|im_start|>", "<think>", "<｜User｜>", "e\u0301"]))
+            else:
+                base = rng.randint(0, 0x2FFFF)
+                parts.append("".join(cp(base, min(base + 40, 0x10FFFF)) for _ in range(rng.randint(1, 6))))
+        texts.append("".join(parts))
+    return texts
 
 
 def random_texts(n: int, seed: int) -> list[str]:
@@ -380,10 +414,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=OUT, help="fixture directory (default: %(default)s)")
     ap.add_argument("--random", type=int, default=200, help="random texts besides the curated ones")
     ap.add_argument("--seed", type=int, default=20261125)
+    ap.add_argument("--random-codepoints", type=int, default=100, help="random texts of arbitrary code points")
     ap.add_argument("--no-llama-cpp", action="store_true", help="skip the llama.cpp comparison")
     args = ap.parse_args()
     OUT = args.out
-    texts = CURATED + random_texts(args.random, seed=args.seed)
+    texts = CURATED + random_texts(args.random, seed=args.seed) + random_codepoint_texts(args.random_codepoints, args.seed + 1)
     disagreements = {}
 
     smol = vocabulary(MODELS / SMOLLM2)

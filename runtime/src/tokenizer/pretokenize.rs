@@ -16,7 +16,17 @@
 //! character when the run is at least two characters long and a non-space follows it, which is
 //! exactly what the look-ahead alternative does (see [`Split::split`]). Everything else runs in
 //! `fancy_regex`'s wrapped `regex` engine, linear time and with leftmost-first alternation like
-//! Oniguruma's.
+//! Oniguruma's. (The Unicode classes `\p{L}`, `\p{N}`, `\p{P}`, `\p{S}`, `\p{M}`, `\s` and
+//! `char::is_numeric` were checked against HF `tokenizers` 0.23 over every code point: equal.)
+//!
+//! NFC: HF's normalizer runs on Unicode 9.0 data (its `unicode-normalization-alignments`
+//! crate), so a character assigned later is, to it, a starter that never decomposes, reorders or
+//! composes. [`PreTokenizer::normalize`] reproduces that by normalizing the stretches between
+//! such characters and keeping those characters as they are, which is exact: a later character
+//! blocks reordering and composition across it, and normalization is stable for characters
+//! already assigned.
+
+use std::borrow::Cow;
 
 use fancy_regex::Regex;
 use unicode_normalization::{is_nfc_quick, IsNormalized, UnicodeNormalization};
@@ -41,6 +51,9 @@ pub(crate) const DEEPSEEK_V3_REGEXES: [&str; 3] = [
     r"[一-龥぀-ゟ゠-ヿ]+",
     r##"[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"##,
 ];
+
+/// Runs of characters that Unicode 9.0 had not assigned (HF's NFC leaves them alone).
+const NEWER_THAN_UNICODE_9: &str = r"[^\p{age=9.0}]+";
 
 /// The tail every pattern above but the first two DeepSeek-V3 ones ends with.
 const WHITESPACE_TAIL: &str = r"|\s+(?!\S)|\s+";
@@ -155,7 +168,8 @@ impl Split {
 #[derive(Debug)]
 pub(crate) struct PreTokenizer {
     name: String,
-    nfc: bool,
+    /// For NFC: runs of characters assigned after Unicode 9.0 (None: no normalizer).
+    nfc: Option<Regex>,
     ignore_merges: bool,
     stages: Vec<Stage>,
 }
@@ -173,6 +187,7 @@ impl PreTokenizer {
             Kind::Llama3 => (false, true, vec![split(LLAMA3_REGEX)?]),
             Kind::DeepseekV3 => (false, false, DEEPSEEK_V3_REGEXES.iter().map(|p| split(p)).collect::<Result<_, _>>()?),
         };
+        let nfc = if nfc { Some(Regex::new(NEWER_THAN_UNICODE_9).map_err(|e| e.to_string())?) } else { None };
         Ok(Some(PreTokenizer { name: name.to_owned(), nfc, ignore_merges, stages }))
     }
 
@@ -186,13 +201,24 @@ impl PreTokenizer {
         self.ignore_merges
     }
 
-    /// The normalized form of `text` (NFC where the upstream tokenizer normalizes).
-    pub(crate) fn normalize<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
-        if self.nfc && is_nfc_quick(text.chars()) != IsNormalized::Yes {
-            std::borrow::Cow::Owned(text.nfc().collect())
-        } else {
-            std::borrow::Cow::Borrowed(text)
+    /// The normalized form of `text`: NFC as HF computes it, where the upstream tokenizer
+    /// normalizes (see the module docs for the Unicode 9.0 detail).
+    pub(crate) fn normalize<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        let Some(newer) = &self.nfc else { return Cow::Borrowed(text) };
+        // Text in NFC by current data is in NFC by 9.0 data too (the older data decomposes,
+        // reorders and composes no more than the current one does).
+        if is_nfc_quick(text.chars()) == IsNormalized::Yes {
+            return Cow::Borrowed(text);
         }
+        let mut out = String::with_capacity(text.len());
+        let mut last = 0;
+        while let Ok(Some(m)) = newer.find_from_pos(text, last) {
+            out.extend(text[last..m.start()].nfc());
+            out.push_str(m.as_str());
+            last = m.end();
+        }
+        out.extend(text[last..].nfc());
+        Cow::Owned(out)
     }
 
     /// Cuts already-normalized `text` into pieces, appended to `out`.
@@ -271,6 +297,12 @@ mod tests {
         assert_eq!(pieces("qwen2", "IT'S"), ["IT", "'S"]);
         // NFC: e + combining acute becomes é.
         assert_eq!(pieces("qwen2", "e\u{301}"), ["\u{e9}"]);
+        // ...but not across a mark newer than Unicode 9.0 (U+1AC1, 14.0), which HF's
+        // normalizer does not know: to it that is a starter.
+        let q = PreTokenizer::new("qwen2").unwrap().unwrap();
+        assert_eq!(q.normalize("e\u{1ac1}\u{301}"), "e\u{1ac1}\u{301}");
+        assert_eq!(q.normalize("e\u{301}\u{1ac1}x\u{301}"), "\u{e9}\u{1ac1}x\u{301}");
+        assert_eq!(q.normalize("\u{2126}"), "\u{3a9}"); // OHM SIGN → OMEGA
     }
 
     #[test]
