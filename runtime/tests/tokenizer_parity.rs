@@ -12,6 +12,7 @@
 //! $RETORT_REQUIRE_MODELS is set. $RETORT_TOKENIZER_FIXTURES points at another fixture
 //! directory (e.g. a large random set made with the script's `--out`/`--random`).
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -45,7 +46,12 @@ fn vocabulary(file: &str) -> Option<Vocabulary> {
         if std::env::var_os("RETORT_REQUIRE_MODELS").is_some() {
             panic!("{} is missing and RETORT_REQUIRE_MODELS is set (run scripts/fetch-models.sh)", path.display());
         }
-        eprintln!("\n*** SKIPPED: {} not found; run scripts/fetch-models.sh (or set RETORT_MODELS_DIR) ***\n", path.display());
+        // Straight to stderr, past the test harness's output capture, so that it is seen.
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** SKIPPED: {} not found; run scripts/fetch-models.sh (or set RETORT_MODELS_DIR) ***\n",
+            path.display()
+        );
         return None;
     }
     // The header only: the R1 file is a truncated download.

@@ -5,12 +5,12 @@
 //! Encoding, as HF does it:
 //! 1. added tokens (GGUF token types 3 control and 4 user-defined, e.g. `<|im_start|>`,
 //!    `<think>`, `<｜User｜>`) are cut out of the raw text first, leftmost match first and the
-//!    longest among those starting there ([`added`]); all of them, as in HF, whether "special" or
+//!    longest among those starting there (`added.rs`); all of them, as in HF, whether "special" or
 //!    not (their upstream `lstrip`/`rstrip`/`single_word` are false and `normalized` is false
 //!    for the vocabularies supported, so they match the raw text exactly);
 //! 2. each stretch of plain text is normalized (NFC for the Qwen family) and cut into pieces by
-//!    the pre-tokenizer that `tokenizer.ggml.pre` names ([`pretokenize`]);
-//! 3. each piece's bytes are BPE-merged by merge rank ([`bpe`]), with a per-piece cache.
+//!    the pre-tokenizer that `tokenizer.ggml.pre` names (`pretokenize.rs`);
+//! 3. each piece's bytes are BPE-merged by merge rank (`bpe.rs`), with a per-piece cache.
 //!
 //! Decoding concatenates the tokens' bytes ([`Tokenizer::token_bytes`]) and replaces invalid
 //! UTF-8 only at the very end; [`StreamDecoder`] does the same incrementally.
