@@ -14,9 +14,8 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
-use retort_models::gguf::GgufFile;
+use retort_models::gguf::{GgufFile, GgufWriter};
 use retort_runtime::model::vocabulary_from_gguf;
 use retort_runtime::tokenizer::{StreamDecoder, Tokenizer, Vocabulary};
 use serde_json::Value;
@@ -54,9 +53,29 @@ fn vocabulary(file: &str) -> Option<Vocabulary> {
         );
         return None;
     }
-    // The header only: the R1 file is a truncated download.
-    let gguf = GgufFile::open_header(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    // The R1 file is a truncated download: its header is whole but its tensors are not, so
+    // the vocabulary is read from a header-only GGUF written from it (which also puts the
+    // writer through 152k real token strings and merges).
+    let header_only = header_only_copy(&path);
+    let gguf = GgufFile::open(&header_only).unwrap_or_else(|e| panic!("{}: {e}", header_only.display()));
     Some(vocabulary_from_gguf(&gguf).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+}
+
+/// All of `path`'s metadata and none of its tensors, in a new GGUF file.
+fn header_only_copy(path: &Path) -> PathBuf {
+    let source = GgufFile::open_header(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut writer = GgufWriter::new();
+    for (key, value) in source.metadata() {
+        writer.set(key, value.clone()).unwrap();
+    }
+    let dir = std::env::temp_dir().join(format!("retort-tokenizer-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join(path.file_name().unwrap());
+    writer.write(&out, |_, _, _| unreachable!("no tensors")).unwrap();
+    let copy = GgufFile::open(&out).unwrap();
+    assert!(copy.tensors().is_empty());
+    assert!(source.metadata().eq(copy.metadata()), "metadata survives the round trip");
+    out
 }
 
 fn tokenizer(file: &str) -> Option<Tokenizer> {
@@ -204,29 +223,4 @@ fn r1_special_tokens() {
     assert!(!tok.is_end_of_generation(151645));
     // Unused padding tokens are never produced from text.
     assert_eq!(tok.encode("[PAD151665]", false).iter().filter(|&&i| i >= 151665).count(), 0);
-}
-
-#[test]
-fn encodes_ten_thousand_tokens_in_milliseconds() {
-    let Some(tok) = tokenizer(SMOLLM2) else { return };
-    let paragraph = "The tokenizer splits text into pieces, merges bytes by rank and caches every piece it has \
-        seen; it's meant to be fast. In 2024, 1,234 people wrote 56,789 lines of code!\n";
-    let text = paragraph.repeat(400);
-    let start = Instant::now();
-    let ids = tok.encode(&text, false);
-    let first = start.elapsed();
-    let start = Instant::now();
-    let again = tok.encode(&text, false);
-    let second = start.elapsed();
-    assert_eq!(ids, again);
-    eprintln!("{} tokens: {first:?} cold, {second:?} warm", ids.len());
-    assert!(ids.len() >= 10_000, "{} tokens", ids.len());
-    assert!(first.as_secs_f64() < 1.0, "encoding {} tokens took {first:?}", ids.len());
-    // A fresh, uncached text of the same size: words never seen before.
-    let fresh: String = (0..12_000).map(|i| format!("w{:x}q ", i * 7919)).collect();
-    let start = Instant::now();
-    let n = tok.encode(&fresh, false).len();
-    let took = start.elapsed();
-    eprintln!("{n} uncached tokens: {took:?}");
-    assert!(took.as_secs_f64() < 1.0, "encoding {n} uncached tokens took {took:?}");
 }
