@@ -3,10 +3,10 @@
 
 use half::f16;
 
-use super::dot;
+use crate::cpu::dot;
 
 /// Values decoded onto the stack at a time by the dot products.
-const CHUNK: usize = 64;
+const CHUNK: usize = 256;
 
 fn decode_row<const WIDTH: usize>(src: &[u8], dst: &mut [f32], decode: impl Fn([u8; WIDTH]) -> f32) {
     assert_eq!(src.len(), dst.len() * WIDTH, "{} values need {} bytes, got {}", dst.len(), dst.len() * WIDTH, src.len());
