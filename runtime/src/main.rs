@@ -47,6 +47,23 @@ enum Command {
         #[command(flatten)]
         threads: Threads,
     },
+    /// Prompt-processing and generation speed, like llama-bench (pp and tg tokens/s).
+    Bench {
+        model: PathBuf,
+        /// Prompt tokens per prompt-processing run.
+        #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
+        n_prompt: usize,
+        /// Tokens generated per generation run.
+        #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
+        n_gen: usize,
+        /// Repetitions of each test.
+        #[arg(short = 'r', long = "repetitions", default_value_t = 5)]
+        repetitions: usize,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        threads: Threads,
+    },
     /// Perplexity of a text, llama.cpp-style (non-overlapping chunks, second halves scored).
     Perplexity {
         model: PathBuf,
@@ -121,6 +138,9 @@ fn main() -> ExitCode {
         Command::Tokenize { model, text, add_special } => tokenize(model, &text, add_special),
         Command::Inspect { model, json } => inspect(model, json),
         Command::Eval { model, tokens, logits_out, threads } => threads.get().and_then(|t| eval(model, &tokens, logits_out, t)),
+        Command::Bench { model, n_prompt, n_gen, repetitions, json, threads } => {
+            threads.get().and_then(|t| bench(model, n_prompt, n_gen, repetitions, json, t))
+        }
         Command::Perplexity { model, file, ctx, json, threads } => threads.get().and_then(|t| perplexity(model, file, ctx, json, t)),
     };
     match result {
@@ -271,6 +291,59 @@ fn eval(path: PathBuf, tokens: &[u32], out: PathBuf, threads: usize) -> Result<(
     let logits = generate::all_logits(&mut exec, tokens)?;
     let vocab = exec.vocab_size();
     retort_runtime::npy::write_f32(&out, &[tokens.len(), vocab], &logits).map_err(|e| Error::Io(out.display().to_string(), e))?;
+    Ok(())
+}
+
+/// Like llama-bench: pp = one batch of `n_prompt` tokens from an empty cache; tg =
+/// `n_gen` single-token steps from an empty cache. Token ids are pseudo-random (the
+/// speed does not depend on them). One untimed warm-up run of each first.
+fn bench(path: PathBuf, n_prompt: usize, n_gen: usize, repetitions: usize, json: bool, threads: usize) -> Result<()> {
+    if repetitions == 0 || (n_prompt == 0 && n_gen == 0) {
+        return Err(Error::Usage("nothing to measure: -r, and -p or -n, must be at least 1".into()));
+    }
+    let model = Model::load(&path)?;
+    let mut exec = model.executor(n_prompt.max(n_gen).max(1), n_prompt.max(1), false, threads)?;
+    let vocab = exec.vocab_size() as u64;
+    let tokens: Vec<u32> = (0..n_prompt.max(1) as u64).map(|i| ((i * 2654435761 + 12345) % vocab) as u32).collect();
+    let mut time = |f: &mut dyn FnMut(&mut retort_runtime::executor::Executor) -> Result<()>| -> Result<Vec<f64>> {
+        f(&mut exec)?;
+        (0..repetitions)
+            .map(|_| {
+                let start = std::time::Instant::now();
+                f(&mut exec)?;
+                Ok(start.elapsed().as_secs_f64())
+            })
+            .collect()
+    };
+    let pp = if n_prompt > 0 { time(&mut |e| e.forward(&tokens, 0, false).map(|_| ()))? } else { vec![] };
+    let tg = if n_gen > 0 {
+        time(&mut |e| (0..n_gen).try_for_each(|pos| e.forward(&tokens[pos % tokens.len()..][..1], pos, false).map(|_| ())))?
+    } else {
+        vec![]
+    };
+    let stats = |secs: &[f64], n: usize| -> (f64, f64) {
+        let tps: Vec<f64> = secs.iter().map(|s| n as f64 / s).collect();
+        let mean = tps.iter().sum::<f64>() / tps.len().max(1) as f64;
+        let var = tps.iter().map(|t| (t - mean).powi(2)).sum::<f64>() / (tps.len().max(2) - 1) as f64;
+        (mean, var.sqrt())
+    };
+    let (pp_tps, pp_sd) = stats(&pp, n_prompt);
+    let (tg_tps, tg_sd) = stats(&tg, n_gen);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"pp_tps": pp_tps, "pp_sd": pp_sd, "tg_tps": tg_tps, "tg_sd": tg_sd, "threads": threads,
+                "n_prompt": n_prompt, "n_gen": n_gen, "repetitions": repetitions, "load_ms": model.load_seconds * 1e3})
+        );
+    } else {
+        println!("{}: {} threads, load {:.0} ms", path.display(), threads, model.load_seconds * 1e3);
+        if n_prompt > 0 {
+            println!("pp{n_prompt}: {pp_tps:.2} ± {pp_sd:.2} tokens/s");
+        }
+        if n_gen > 0 {
+            println!("tg{n_gen}: {tg_tps:.2} ± {tg_sd:.2} tokens/s");
+        }
+    }
     Ok(())
 }
 

@@ -201,3 +201,14 @@ fn eval_rejects_out_of_range_tokens() {
     assert_clean_failure(&o, "token id 49152 is out of range");
     assert!(!out.exists(), "no output file on failure");
 }
+
+#[test]
+fn bench_json_reports_both_speeds() {
+    let Some(m) = smollm2() else { return };
+    let o = retort(&["bench", m.to_str().unwrap(), "-p", "16", "-n", "4", "-r", "2", "-t", "1", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert!(doc["pp_tps"].as_f64().unwrap() > 0.0 && doc["tg_tps"].as_f64().unwrap() > 0.0, "{doc}");
+    assert_eq!(doc["threads"], 1);
+    assert_clean_failure(&retort(&["bench", m.to_str().unwrap(), "-r", "0"]), "nothing to measure");
+}
