@@ -6,11 +6,12 @@
 //! Each template that compiles is rendered twice: a four-message conversation (system, user,
 //! assistant, user; contents with markup, quotes, newlines and non-ASCII) with
 //! `add_generation_prompt = true`, and an empty conversation without. Errors of any kind
-//! (syntax, raised, render, limit) are fine; a panic, an abort, a render that outlives its
-//! deadline by far, or output over the cap is a bug.
+//! (syntax, raised, render, limit) are fine; a panic, an abort, output over the cap, a single
+//! allocation over 256 MB (scripts/fuzz.sh passes -malloc_limit_mb=256) or a compile or render
+//! that takes seconds despite the small fuel budget is a bug.
 //!
-//! Limits are tighter than the defaults so that hostile loops cost milliseconds, not the
-//! default two seconds; the limit code itself is the same.
+//! The fuel is lower than the default so that hostile loops cost milliseconds; the limit code
+//! itself is the same.
 #![no_main]
 
 use std::time::{Duration, Instant};
@@ -18,16 +19,20 @@ use std::time::{Duration, Instant};
 use libfuzzer_sys::fuzz_target;
 use retort_runtime::chat_template::{ChatMessage, ChatTemplate, ChatTemplateLimits};
 
-const LIMITS: ChatTemplateLimits = ChatTemplateLimits {
-    fuel: 20_000,
-    max_duration: Duration::from_millis(250),
-    recursion_limit: 100,
-    max_output_bytes: 256 << 10,
-};
+fn limits() -> ChatTemplateLimits {
+    ChatTemplateLimits { fuel: 100_000, max_output_bytes: 256 << 10, ..ChatTemplateLimits::default() }
+}
+/// Far more than 100 000 cheap instructions take, even instrumented and on a loaded machine.
+const TOO_SLOW: Duration = Duration::from_secs(5);
 
 fuzz_target!(|data: &[u8]| {
     let source = String::from_utf8_lossy(data);
-    let Ok(template) = ChatTemplate::with_limits(&source, "<s>", "</s>", LIMITS) else { return };
+    let limits = limits();
+    let start = Instant::now();
+    let compiled = ChatTemplate::with_limits(&source, "<s>", "</s>", limits);
+    let took = start.elapsed();
+    assert!(took < TOO_SLOW, "compile took {took:?}");
+    let Ok(template) = compiled else { return };
     let conversation = [
         ChatMessage::new("system", "You are {{ helpful }}. {% raw %}"),
         ChatMessage::new("user", "Hi <|im_start|>\n\t'\"ünïcode ✓ </think>"),
@@ -38,10 +43,9 @@ fuzz_target!(|data: &[u8]| {
         let start = Instant::now();
         let result = template.render(messages, add_generation_prompt);
         let took = start.elapsed();
-        // The deadline is checked at fuel ticks; allow slack for one tick's worth of work.
-        assert!(took < LIMITS.max_duration * 8, "render took {took:?}");
+        assert!(took < TOO_SLOW, "render took {took:?}");
         if let Ok(text) = result {
-            assert!(text.len() <= LIMITS.max_output_bytes, "{} bytes of output", text.len());
+            assert!(text.len() <= limits.max_output_bytes, "{} bytes of output", text.len());
         }
     }
 });
