@@ -85,23 +85,23 @@ const ROWS: [TypeTraits; DType::ALL.len()] = [
     },
     TypeTraits {
         dtype: DType::Q2_K, ggml_id: 10, name: "q2_K", block_size: k_quants::QK_K, type_size: k_quants::q2_k::BLOCK_BYTES,
-        to_f32: k_quants::q2_k::to_f32, from_f32: None, dot_f32: k_quants::q2_k::dot_f32,
+        to_f32: k_quants::q2_k::to_f32, from_f32: Some(k_quants::q2_k::from_f32), dot_f32: k_quants::q2_k::dot_f32,
     },
     TypeTraits {
         dtype: DType::Q3_K, ggml_id: 11, name: "q3_K", block_size: k_quants::QK_K, type_size: k_quants::q3_k::BLOCK_BYTES,
-        to_f32: k_quants::q3_k::to_f32, from_f32: None, dot_f32: k_quants::q3_k::dot_f32,
+        to_f32: k_quants::q3_k::to_f32, from_f32: Some(k_quants::q3_k::from_f32), dot_f32: k_quants::q3_k::dot_f32,
     },
     TypeTraits {
         dtype: DType::Q4_K, ggml_id: 12, name: "q4_K", block_size: k_quants::QK_K, type_size: k_quants::q4_k::BLOCK_BYTES,
-        to_f32: k_quants::q4_k::to_f32, from_f32: None, dot_f32: k_quants::q4_k::dot_f32,
+        to_f32: k_quants::q4_k::to_f32, from_f32: Some(k_quants::q4_k::from_f32), dot_f32: k_quants::q4_k::dot_f32,
     },
     TypeTraits {
         dtype: DType::Q5_K, ggml_id: 13, name: "q5_K", block_size: k_quants::QK_K, type_size: k_quants::q5_k::BLOCK_BYTES,
-        to_f32: k_quants::q5_k::to_f32, from_f32: None, dot_f32: k_quants::q5_k::dot_f32,
+        to_f32: k_quants::q5_k::to_f32, from_f32: Some(k_quants::q5_k::from_f32), dot_f32: k_quants::q5_k::dot_f32,
     },
     TypeTraits {
         dtype: DType::Q6_K, ggml_id: 14, name: "q6_K", block_size: k_quants::QK_K, type_size: k_quants::q6_k::BLOCK_BYTES,
-        to_f32: k_quants::q6_k::to_f32, from_f32: None, dot_f32: k_quants::q6_k::dot_f32,
+        to_f32: k_quants::q6_k::to_f32, from_f32: Some(k_quants::q6_k::from_f32), dot_f32: k_quants::q6_k::dot_f32,
     },
     TypeTraits {
         dtype: DType::Q8_K, ggml_id: 15, name: "q8_K", block_size: k_quants::QK_K, type_size: k_quants::q8_k::BLOCK_BYTES,
