@@ -1,3 +1,8 @@
-//! retort-convert: Hugging Face checkpoints to GGUF (streaming, quantizing). Not written
-//! yet: the `convert` issue builds it on the GGUF writer (retort_models::gguf::GgufWriter)
-//! and the dtype table's quantizers (retort_kernels::DType::traits().from_f32).
+//! retort-convert: Hugging Face checkpoints (and GGUF files) to GGUF, streaming tensor by
+//! tensor so that memory does not grow with the model.
+pub mod error;
+pub mod from_gguf;
+pub mod plan;
+pub mod write;
+
+pub use error::{Error, Result};

@@ -1,0 +1,145 @@
+//! Writing a GGUF tensor by tensor: each tensor's rows are read as f32 in chunks,
+//! quantized in parallel, and written in order, so memory holds a few chunks, never a
+//! whole model (nor a whole embedding table). A tensor already in its target type is
+//! copied byte for byte.
+
+use std::io::Write;
+use std::time::Instant;
+
+use rayon::prelude::*;
+use retort_kernels::DType;
+use retort_models::gguf::{GgufWriter, Value};
+
+use crate::error::{Error, Result};
+
+/// Where a tensor's values come from.
+pub trait TensorSource: Sync {
+    fn name(&self) -> &str;
+    /// ggml order (row length first).
+    fn dims(&self) -> &[u64];
+    /// The type the values are stored in.
+    fn dtype(&self) -> DType;
+    /// Rows [first, first + out.len() / row_len) as f32.
+    fn rows_f32(&self, first: usize, out: &mut [f32]) -> Result<()>;
+    /// The stored bytes, when they are already in `dtype()` (enables exact copies).
+    fn raw(&self) -> Option<&[u8]>;
+}
+
+/// Rows quantized per parallel task: 256 rows of a 4k-wide layer are 4 MiB of f32.
+const ROWS_PER_TASK: usize = 256;
+
+pub struct Progress {
+    enabled: bool,
+    start: Instant,
+    total_bytes: u64,
+    done_bytes: u64,
+    total_tensors: usize,
+    done_tensors: usize,
+}
+
+impl Progress {
+    /// Draws on stderr only when stdout is a terminal (quiet in scripts and pipes).
+    pub fn new(total_tensors: usize, total_bytes: u64) -> Progress {
+        use std::io::IsTerminal;
+        Progress { enabled: std::io::stdout().is_terminal(), start: Instant::now(), total_bytes, done_bytes: 0, total_tensors, done_tensors: 0 }
+    }
+
+    fn advance(&mut self, bytes: u64, tensor_done: bool) {
+        self.done_bytes += bytes;
+        self.done_tensors += tensor_done as usize;
+        if !self.enabled {
+            return;
+        }
+        let secs = self.start.elapsed().as_secs_f64().max(1e-3);
+        let rate = self.done_bytes as f64 / secs;
+        let eta = (self.total_bytes.saturating_sub(self.done_bytes)) as f64 / rate.max(1.0);
+        eprint!(
+            "\r[{}/{} tensors] {:.2}/{:.2} GB  {:.0} MB/s  ETA {:.0}s   ",
+            self.done_tensors,
+            self.total_tensors,
+            self.done_bytes as f64 / 1e9,
+            self.total_bytes as f64 / 1e9,
+            rate / 1e6,
+            eta
+        );
+        if self.done_tensors == self.total_tensors {
+            eprintln!();
+        }
+    }
+}
+
+/// Writes `metadata` and each source converted to its target type into `path` (atomically:
+/// nothing appears under `path` unless the whole file was written).
+pub fn write_gguf(path: &std::path::Path, metadata: Vec<(String, Value)>, tensors: &[(&dyn TensorSource, DType)]) -> Result<()> {
+    let mut writer = GgufWriter::new();
+    for (k, v) in metadata {
+        writer.set(k, v)?;
+    }
+    for (source, target) in tensors {
+        writer.add_tensor(source.name(), source.dims(), *target)?;
+    }
+    let total_bytes = tensors.iter().map(|(s, _)| s.dims().iter().product::<u64>() * 4).sum();
+    let mut progress = Progress::new(tensors.len(), total_bytes);
+    let mut failure: Option<Error> = None;
+    let result = writer.write(path, |i, _, out| {
+        let (source, target) = tensors[i];
+        match write_tensor(source, target, out, &mut progress) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let message = e.to_string();
+                failure = Some(e);
+                Err(std::io::Error::other(message))
+            }
+        }
+    });
+    match (result, failure) {
+        (Ok(()), _) => Ok(()),
+        (Err(_), Some(e)) => Err(e),
+        (Err(e), None) => Err(e.into()),
+    }
+}
+
+fn write_tensor(source: &dyn TensorSource, target: DType, out: &mut dyn Write, progress: &mut Progress) -> Result<()> {
+    let io = |e: std::io::Error| Error::Checkpoint(format!("writing tensor '{}': {e}", source.name()));
+    let row_len = source.dims()[0] as usize;
+    let n_rows: usize = source.dims()[1..].iter().product::<u64>() as usize;
+    let f32_bytes = (row_len * n_rows * 4) as u64;
+    if n_rows == 0 {
+        progress.advance(0, true);
+        return Ok(());
+    }
+    if source.dtype() == target {
+        if let Some(raw) = source.raw() {
+            out.write_all(raw).map_err(io)?;
+            progress.advance(f32_bytes, true);
+            return Ok(());
+        }
+    }
+    let row_bytes = target.row_bytes(row_len).ok_or_else(|| {
+        Error::Checkpoint(format!("tensor '{}': row length {row_len} does not fit {}", source.name(), target.name()))
+    })?;
+    let quantize = target
+        .traits()
+        .from_f32
+        .ok_or_else(|| Error::Checkpoint(format!("no quantizer for {} (tensor '{}')", target.name(), source.name())))?;
+    // A batch of tasks runs in parallel, then is written in order.
+    let batch_rows = ROWS_PER_TASK * rayon::current_num_threads().max(1);
+    let mut f32_rows = vec![0f32; batch_rows.min(n_rows) * row_len];
+    let mut encoded = vec![0u8; batch_rows.min(n_rows) * row_bytes];
+    for first in (0..n_rows).step_by(batch_rows) {
+        let rows = batch_rows.min(n_rows - first);
+        let (values, bytes) = (&mut f32_rows[..rows * row_len], &mut encoded[..rows * row_bytes]);
+        source.rows_f32(first, values)?;
+        values
+            .par_chunks(ROWS_PER_TASK * row_len)
+            .zip(bytes.par_chunks_mut(ROWS_PER_TASK * row_bytes))
+            .for_each(|(src, dst)| {
+                for (row, out) in src.chunks_exact(row_len).zip(dst.chunks_exact_mut(row_bytes)) {
+                    quantize(row, out);
+                }
+            });
+        out.write_all(bytes).map_err(io)?;
+        progress.advance((rows * row_len * 4) as u64, first + rows == n_rows);
+    }
+    Ok(())
+}
