@@ -1,50 +1,31 @@
 //! Chat templates: render a GGUF's `tokenizer.chat_template` (Jinja) the way transformers'
 //! `apply_chat_template(..., tokenize=False)` does, with minijinja.
 //!
-//! transformers (`utils/chat_template_utils.py`, `_compile_jinja_template` and
-//! `render_jinja_template`) compiles the template in a jinja2 `ImmutableSandboxedEnvironment`
-//! with `trim_blocks=True`, `lstrip_blocks=True` and the `loopcontrols` extension, replaces the
-//! `tojson` filter with `json.dumps(x, ensure_ascii=False, indent=None, separators=None,
-//! sort_keys=False)` (no HTML escaping), adds the globals `raise_exception(msg)`,
-//! `strftime_now(fmt)`, `dict` and `namespace`, and renders with `messages`, `tools=None`,
-//! `documents=None`, `add_generation_prompt` and the tokenizer's special tokens (`bos_token`,
-//! `eos_token`). jinja2's defaults also apply: one trailing newline of the template is dropped,
-//! undefined values print as nothing, and values print as Python's `str()` does (`None`,
-//! `True`, `[1, 'a']`). This module sets minijinja up the same way; Python's string and dict
-//! methods (`.strip()`, `.split()`, `.startswith()`, `.items()`, ...) come from
-//! minijinja-contrib's pycompat, negative indexing (`x.split('</think>')[-1]`) and
-//! `namespace()` are minijinja built-ins.
+//! transformers (`utils/chat_template_utils.py`) compiles the template in a jinja2
+//! `ImmutableSandboxedEnvironment` with `trim_blocks`, `lstrip_blocks` and `loopcontrols`,
+//! replaces `tojson` with `json.dumps(x, ensure_ascii=False, indent=None, separators=None,
+//! sort_keys=False)`, adds `raise_exception(msg)` and `strftime_now(fmt)`, and renders with
+//! `messages`, `tools=None`, `documents=None`, `add_generation_prompt` and the special tokens.
+//! jinja2's defaults also apply: one trailing newline of the template is dropped, undefined
+//! values print as nothing, values print as Python's `str()` (`None`, `True`, `[1, 'a']`) and
+//! dicts keep insertion order. Python's str/dict methods come from minijinja-contrib's pycompat.
+//! Where minijinja reads template source differently from jinja2 (string escapes, newlines,
+//! looping over `None`), the source is rewritten before compiling ([`jinja2_compat`]).
 //!
-//! Where minijinja's semantics differ from jinja2's in ways real templates hit, the template
-//! source is rewritten before compiling (never adding or removing a line): newlines are
-//! normalized, string literals get Python's escapes (`\<newline>` continuation, `\/`, `\a`,
-//! `\v`, `\U...`), and a `for` over `none` fails as Python's does (Phi-4-mini's template
-//! loops over `tools`, which transformers passes as `None`).
-//!
-//! Templates are untrusted input. Rendering is bounded by [`ChatTemplateLimits`]: every
-//! for-loop iteration (its body and its `if` filter) and every macro or call-block body costs one
-//! unit of fuel, a render also stops at a wall-clock deadline, nesting is bounded by a recursion
-//! limit, and the output is capped. minijinja's own instruction fuel needs its `fuel` cargo
-//! feature, which this workspace does not enable, so the fuel here is metered by instrumenting
-//! the template source: a `{% if __retort_tick() %}{% endif %}` is spliced in after each
-//! `for`/`macro`/`call` tag (carrying the tag's whitespace-control modifier, so trimming is
-//! unchanged) and the `for` filter becomes `if __retort_tick() and (COND)`. No newline is added,
-//! so error line numbers are those of the original template.
+//! Templates are untrusted: a render is bounded by [`ChatTemplateLimits`], enforced by
+//! minijinja's instruction fuel and recursion limit and by a cap on the output.
 
 use std::fmt;
 use std::fmt::Write as _;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::ops::Range;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use minijinja::value::{Enumerator, Object, ObjectRepr, Rest, ValueKind};
-use minijinja::{Environment, Error, ErrorKind, State, UndefinedBehavior, Value};
+use minijinja::value::{Kwargs, Rest, ValueKind};
+use minijinja::{context, Environment, Error, ErrorKind, State, Value};
 
 const TEMPLATE_NAME: &str = "chat_template";
-const TICK_FN: &str = "__retort_tick";
 const ITER_FN: &str = "__retort_iter";
-const BUDGET_TEMP: &str = "__retort_budget";
 
 /// One message of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,10 +46,10 @@ impl ChatMessage {
 /// Resource limits for rendering an untrusted template.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChatTemplateLimits {
-    /// Loop iterations plus macro/call-block invocations allowed in one render.
+    /// minijinja instructions one render may execute, macro bodies included. This bounds time
+    /// only as far as single instructions are cheap: one `sort` of a 100 000-item list is one
+    /// instruction.
     pub fuel: u64,
-    /// Wall-clock time allowed for one render.
-    pub max_duration: Duration,
     /// Maximum nesting depth (minijinja's recursion limit; a macro call costs several levels).
     pub recursion_limit: usize,
     /// Maximum size of the rendered text, in bytes.
@@ -78,8 +59,8 @@ pub struct ChatTemplateLimits {
 impl Default for ChatTemplateLimits {
     fn default() -> Self {
         ChatTemplateLimits {
-            fuel: 1_000_000,
-            max_duration: Duration::from_secs(2),
+            // About 0.4 s of cheap instructions; real templates spend 30 to 1000 a message.
+            fuel: 10_000_000,
             recursion_limit: 100,
             max_output_bytes: 16 << 20,
         }
@@ -95,7 +76,7 @@ pub enum ChatTemplateErrorKind {
     Raised,
     /// Rendering failed (undefined operation, bad filter argument, ...).
     Render,
-    /// Fuel, deadline, recursion or output limit reached.
+    /// Fuel, recursion or output limit reached.
     Limit,
 }
 
@@ -120,51 +101,37 @@ impl ChatTemplateError {
         &self.message
     }
 
-    fn limit(message: String) -> ChatTemplateError {
-        ChatTemplateError {
-            kind: ChatTemplateErrorKind::Limit,
-            line: None,
-            message,
-        }
-    }
-
-    fn from_minijinja(err: &Error, kind: ChatTemplateErrorKind) -> ChatTemplateError {
-        // Errors raised by our own functions carry a typed source.
-        let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
-        while let Some(s) = source {
-            if let Some(raised) = s.downcast_ref::<Raised>() {
-                return ChatTemplateError {
-                    kind: ChatTemplateErrorKind::Raised,
-                    line: err.line(),
-                    message: raised.0.clone(),
-                };
-            }
-            if let Some(limit) = s.downcast_ref::<LimitHit>() {
-                return ChatTemplateError {
-                    kind: ChatTemplateErrorKind::Limit,
-                    line: err.line(),
-                    message: limit.0.clone(),
-                };
-            }
-            source = s.source();
-        }
-        let kind = match err.kind() {
-            ErrorKind::SyntaxError if kind == ChatTemplateErrorKind::Syntax => kind,
-            ErrorKind::SyntaxError => ChatTemplateErrorKind::Syntax,
-            _ if err.detail().is_some_and(|d| d.contains("recursion limit")) => {
-                ChatTemplateErrorKind::Limit
-            }
-            _ => kind,
-        };
-        let message = match err.detail() {
-            Some(detail) => format!("{}: {}", err.kind(), detail),
-            None => err.kind().to_string(),
+    fn new(err: &Error, limits: &ChatTemplateLimits) -> ChatTemplateError {
+        use ChatTemplateErrorKind::{Limit, Render, Syntax};
+        let raised = std::iter::successors(std::error::Error::source(err), |e| e.source())
+            .find_map(|e| e.downcast_ref::<Raised>());
+        let (kind, message) = match (raised, err.kind()) {
+            (Some(raised), _) => (ChatTemplateErrorKind::Raised, raised.0.clone()),
+            (None, ErrorKind::SyntaxError) => (Syntax, describe(err)),
+            (None, ErrorKind::OutOfFuel) => (
+                Limit,
+                format!("more than {} template instructions", limits.fuel),
+            ),
+            // Only the output cap makes writing fail.
+            (None, ErrorKind::WriteFailure) => (
+                Limit,
+                format!("output exceeds {} bytes", limits.max_output_bytes),
+            ),
+            _ if err.detail() == Some("recursion limit exceeded") => (Limit, describe(err)),
+            _ => (Render, describe(err)),
         };
         ChatTemplateError {
             kind,
             line: err.line(),
             message,
         }
+    }
+}
+
+fn describe(err: &Error) -> String {
+    match err.detail() {
+        Some(detail) => format!("{}: {detail}", err.kind()),
+        None => err.kind().to_string(),
     }
 }
 
@@ -185,7 +152,7 @@ impl fmt::Display for ChatTemplateError {
 
 impl std::error::Error for ChatTemplateError {}
 
-/// Source of a minijinja error raised by `raise_exception`.
+/// Source of the minijinja error that `raise_exception` returns, so that it can be told apart.
 #[derive(Debug)]
 struct Raised(String);
 impl fmt::Display for Raised {
@@ -195,36 +162,13 @@ impl fmt::Display for Raised {
 }
 impl std::error::Error for Raised {}
 
-/// Source of a minijinja error raised when a limit is hit.
-#[derive(Debug)]
-struct LimitHit(String);
-impl fmt::Display for LimitHit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-impl std::error::Error for LimitHit {}
-
-fn limit_error(msg: String) -> Error {
-    Error::new(ErrorKind::InvalidOperation, msg.clone()).with_source(LimitHit(msg))
-}
-
 /// A compiled chat template.
+#[derive(Debug)]
 pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
     eos_token: String,
     limits: ChatTemplateLimits,
-}
-
-impl fmt::Debug for ChatTemplate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ChatTemplate")
-            .field("bos_token", &self.bos_token)
-            .field("eos_token", &self.eos_token)
-            .field("limits", &self.limits)
-            .finish_non_exhaustive()
-    }
 }
 
 impl ChatTemplate {
@@ -244,33 +188,19 @@ impl ChatTemplate {
         eos_token: &str,
         limits: ChatTemplateLimits,
     ) -> Result<ChatTemplate, ChatTemplateError> {
-        // Syntax errors are reported against the template as written.
-        let plain = new_environment(limits);
-        plain
-            .template_from_str(source)
-            .map_err(|e| ChatTemplateError::from_minijinja(&e, ChatTemplateErrorKind::Syntax))?;
-
-        let instrumented = instrument(source);
-        let mut env = new_environment(limits);
-        env.add_template_owned(TEMPLATE_NAME, instrumented)
-            .map_err(|e| {
-                let mut err = ChatTemplateError::from_minijinja(&e, ChatTemplateErrorKind::Syntax);
-                err.message = format!(
-                    "internal error: instrumented template does not compile: {}",
-                    err.message
-                );
-                err
-            })?;
+        let mut env = new_environment(&limits);
+        // Syntax errors are reported against the template as written: the rewrite assumes a
+        // template that parses, and could turn some broken ones into render errors.
+        env.template_from_str(source)
+            .map_err(|e| ChatTemplateError::new(&e, &limits))?;
+        env.add_template_owned(TEMPLATE_NAME, jinja2_compat(source))
+            .map_err(|e| ChatTemplateError::new(&e, &limits))?;
         Ok(ChatTemplate {
             env,
             bos_token: bos_token.to_owned(),
             eos_token: eos_token.to_owned(),
             limits,
         })
-    }
-
-    pub fn limits(&self) -> ChatTemplateLimits {
-        self.limits
     }
 
     /// Renders the conversation, as `apply_chat_template(messages, tokenize=False,
@@ -282,64 +212,38 @@ impl ChatTemplate {
     ) -> Result<String, ChatTemplateError> {
         let messages: Vec<Value> = messages
             .iter()
-            .map(|m| {
-                Value::from_object(OrderedMap(vec![
-                    (Value::from("role"), Value::from(m.role.as_str())),
-                    (Value::from("content"), Value::from(m.content.as_str())),
-                ]))
-            })
+            .map(|m| context! { role => m.role, content => m.content })
             .collect();
-        let ctx = minijinja::context! {
-            messages => messages,
-            tools => Value::from(()),
-            documents => Value::from(()),
-            add_generation_prompt => add_generation_prompt,
-            bos_token => self.bos_token.as_str(),
-            eos_token => self.eos_token.as_str(),
+        let ctx = context! {
+            messages,
+            tools => (),
+            documents => (),
+            add_generation_prompt,
+            bos_token => self.bos_token,
+            eos_token => self.eos_token,
         };
-        let template = self
-            .env
-            .get_template(TEMPLATE_NAME)
-            .map_err(|e| ChatTemplateError::from_minijinja(&e, ChatTemplateErrorKind::Render))?;
-        let overflow = AtomicBool::new(false);
         let mut out = CappedWriter {
             buf: Vec::new(),
             cap: self.limits.max_output_bytes,
-            overflow: &overflow,
         };
-        match template.render_captured_to(ctx, &mut out) {
-            Ok(_) => {}
-            Err(_) if overflow.load(Ordering::Relaxed) => {
-                return Err(ChatTemplateError::limit(format!(
-                    "output exceeds {} bytes",
-                    self.limits.max_output_bytes
-                )))
-            }
-            Err(e) => {
-                return Err(ChatTemplateError::from_minijinja(
-                    &e,
-                    ChatTemplateErrorKind::Render,
-                ))
-            }
-        }
-        String::from_utf8(out.buf).map_err(|_| ChatTemplateError {
-            kind: ChatTemplateErrorKind::Render,
-            line: None,
-            message: "output is not valid UTF-8".into(),
-        })
+        self.env
+            .get_template(TEMPLATE_NAME)
+            .and_then(|template| template.render_captured_to(ctx, &mut out).map(drop))
+            .map_err(|e| ChatTemplateError::new(&e, &self.limits))?;
+        // minijinja writes whole `str`s and the cap refuses whole writes.
+        Ok(String::from_utf8(out.buf).expect("rendered text is UTF-8"))
     }
 }
 
-struct CappedWriter<'a> {
+/// Collects the rendered text, refusing any write that would take it past `cap` bytes.
+struct CappedWriter {
     buf: Vec<u8>,
     cap: usize,
-    overflow: &'a AtomicBool,
 }
 
-impl io::Write for CappedWriter<'_> {
+impl io::Write for CappedWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         if self.buf.len() + data.len() > self.cap {
-            self.overflow.store(true, Ordering::Relaxed);
             return Err(io::Error::other("chat template output limit"));
         }
         self.buf.extend_from_slice(data);
@@ -354,22 +258,22 @@ impl io::Write for CappedWriter<'_> {
 // Environment
 // ------------------------------------------------------------------------------------------------
 
-fn new_environment(limits: ChatTemplateLimits) -> Environment<'static> {
+fn new_environment(limits: &ChatTemplateLimits) -> Environment<'static> {
     let mut env = Environment::new();
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
-    env.set_keep_trailing_newline(false);
-    env.set_undefined_behavior(UndefinedBehavior::Lenient);
     env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+    env.set_fuel(Some(limits.fuel));
     env.set_recursion_limit(limits.recursion_limit);
-    env.set_debug(false);
     env.set_unknown_method_callback(python_methods);
-    env.set_formatter(python_formatter);
-    env.add_filter("tojson", tojson_filter);
+    env.set_formatter(|out, _state, value| {
+        out.write_str(&py_str(value))
+            .map_err(|_| Error::new(ErrorKind::WriteFailure, "could not write output"))
+    });
+    env.add_filter("tojson", tojson);
     env.add_filter("string", |value: &Value| Value::from(py_str(value)));
     env.add_function("raise_exception", raise_exception);
     env.add_function("strftime_now", strftime_now);
-    env.add_function(TICK_FN, move |state: &State| tick(state, limits));
     env.add_function(ITER_FN, iterable);
     env
 }
@@ -382,12 +286,10 @@ fn python_methods(
     method: &str,
     args: &[Value],
 ) -> Result<Value, Error> {
-    if method == "title" && args.is_empty() {
-        if let Some(s) = value.as_str() {
-            return Ok(Value::from(py_title(s)));
-        }
+    match value.as_str() {
+        Some(s) if method == "title" && args.is_empty() => Ok(Value::from(py_title(s))),
+        _ => minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args),
     }
-    minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
 }
 
 /// CPython's `str.title()`: a cased character after an uncased one is title-cased, every
@@ -422,99 +324,28 @@ fn py_title(s: &str) -> String {
 }
 
 fn raise_exception(message: Value) -> Result<Value, Error> {
-    let text = match message.as_str() {
-        Some(s) => s.to_owned(),
-        None => py_str(&message),
-    };
+    let text = py_str(&message);
     Err(Error::new(ErrorKind::InvalidOperation, text.clone()).with_source(Raised(text)))
 }
 
-/// What a `for` loop iterates: the value itself, or a tuple (`for x in a, b`) as a list.
-/// Python cannot iterate `None` (`'NoneType' object is not iterable`), minijinja can; a
-/// template that loops over `tools` when none are given fails in transformers, so it fails here.
-fn iterable(args: Rest<Value>) -> Result<Value, Error> {
-    let mut args = args.0;
-    if args.len() == 1 {
-        let value = args.pop().unwrap_or_default();
-        if value.is_none() {
-            return Err(Error::new(
-                ErrorKind::InvalidOperation,
-                "'NoneType' object is not iterable",
-            ));
-        }
-        return Ok(value);
+/// What a `for` loop iterates (see [`jinja2_compat`]). Python cannot iterate `None`, minijinja
+/// can; a template that loops over `tools` when none are given fails in transformers, so it
+/// fails here.
+fn iterable(value: Value) -> Result<Value, Error> {
+    match value.is_none() {
+        true => Err(Error::new(
+            ErrorKind::InvalidOperation,
+            "'NoneType' object is not iterable",
+        )),
+        false => Ok(value),
     }
-    Ok(Value::from(args))
-}
-
-/// Per-render fuel and deadline, kept in the render state's temps (shared with macro calls).
-#[derive(Debug)]
-struct Budget {
-    start: Instant,
-    used: AtomicU64,
-}
-impl Object for Budget {}
-
-fn tick(state: &State, limits: ChatTemplateLimits) -> Result<bool, Error> {
-    let budget = state.get_or_set_temp_object(BUDGET_TEMP, || Budget {
-        start: Instant::now(),
-        used: AtomicU64::new(0),
-    });
-    let used = budget.used.fetch_add(1, Ordering::Relaxed) + 1;
-    if used > limits.fuel {
-        return Err(limit_error(format!(
-            "more than {} loop iterations or macro calls",
-            limits.fuel
-        )));
-    }
-    // Checking the clock is cheap next to a template instruction, but not free.
-    if used & 63 == 0 && budget.start.elapsed() > limits.max_duration {
-        return Err(limit_error(format!(
-            "rendering took longer than {:?}",
-            limits.max_duration
-        )));
-    }
-    Ok(true)
 }
 
 // ------------------------------------------------------------------------------------------------
-// Values as Python sees them
+// Values as Python prints them
 // ------------------------------------------------------------------------------------------------
 
-/// A string-keyed map that keeps insertion order (Python dict order) for iteration and
-/// `tojson`; minijinja's own maps sort their keys when `preserve_order` is off.
-#[derive(Debug)]
-struct OrderedMap(Vec<(Value, Value)>);
-
-impl Object for OrderedMap {
-    fn repr(self: &Arc<Self>) -> ObjectRepr {
-        ObjectRepr::Map
-    }
-    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.clone())
-    }
-    fn enumerate(self: &Arc<Self>) -> Enumerator {
-        Enumerator::Values(self.0.iter().map(|(k, _)| k.clone()).collect())
-    }
-    fn enumerator_len(self: &Arc<Self>) -> Option<usize> {
-        Some(self.0.len())
-    }
-}
-
-/// jinja2 prints `{{ x }}` as Python's `str(x)`.
-fn python_formatter(
-    out: &mut minijinja::Output,
-    _state: &State,
-    value: &Value,
-) -> Result<(), Error> {
-    let text = py_str(value);
-    out.write_str(&text)
-        .map_err(|_| Error::new(ErrorKind::WriteFailure, "could not write output"))
-}
-
+/// Python's `str(x)`, which is what jinja2 prints for `{{ x }}`.
 fn py_str(value: &Value) -> String {
     match value.kind() {
         ValueKind::Undefined => String::new(),
@@ -528,6 +359,7 @@ fn py_str(value: &Value) -> String {
 }
 
 fn py_repr(value: &Value, out: &mut String, depth: usize) {
+    // Objects may contain themselves.
     if depth > 64 {
         out.push_str("...");
         return;
@@ -536,39 +368,29 @@ fn py_repr(value: &Value, out: &mut String, depth: usize) {
         ValueKind::Undefined => {}
         ValueKind::None => out.push_str("None"),
         ValueKind::Bool => out.push_str(if value.is_true() { "True" } else { "False" }),
-        ValueKind::Number => {
-            if value.is_integer() {
-                let _ = write!(out, "{value}");
-            } else {
-                out.push_str(&py_float_repr(
-                    f64::try_from(value.clone()).unwrap_or(f64::NAN),
-                ));
-            }
-        }
+        ValueKind::Number if !value.is_integer() => out.push_str(&py_float_repr(
+            f64::try_from(value.clone()).unwrap_or(f64::NAN),
+        )),
         ValueKind::String => py_str_repr(value.as_str().unwrap_or_default(), out),
         ValueKind::Seq | ValueKind::Iterable => {
             out.push('[');
-            if let Ok(iter) = value.try_iter() {
-                for (i, item) in iter.enumerate() {
-                    if i > 0 {
-                        out.push_str(", ");
-                    }
-                    py_repr(&item, out, depth + 1);
+            for (i, item) in value.try_iter().into_iter().flatten().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
                 }
+                py_repr(&item, out, depth + 1);
             }
             out.push(']');
         }
         ValueKind::Map => {
             out.push('{');
-            if let Ok(iter) = value.try_iter() {
-                for (i, key) in iter.enumerate() {
-                    if i > 0 {
-                        out.push_str(", ");
-                    }
-                    py_repr(&key, out, depth + 1);
-                    out.push_str(": ");
-                    py_repr(&value.get_item(&key).unwrap_or_default(), out, depth + 1);
+            for (i, key) in value.try_iter().into_iter().flatten().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
                 }
+                py_repr(&key, out, depth + 1);
+                out.push_str(": ");
+                py_repr(&value.get_item(&key).unwrap_or_default(), out, depth + 1);
             }
             out.push('}');
         }
@@ -605,131 +427,101 @@ fn py_str_repr(s: &str, out: &mut String) {
     out.push(quote);
 }
 
-/// Python's `repr(float)` (also what `json.dumps` writes, apart from nan/inf).
+/// Python's `repr(float)` (also what `json.dumps` writes, apart from nan/inf): shortest
+/// round-trip digits, positional for exponents -4..16, else `d.ddde+XX`.
 fn py_float_repr(x: f64) -> String {
-    if x.is_nan() {
-        return "nan".into();
+    if !x.is_finite() {
+        let text = if x.is_nan() {
+            "nan"
+        } else if x > 0.0 {
+            "inf"
+        } else {
+            "-inf"
+        };
+        return text.to_owned();
     }
-    if x.is_infinite() {
-        return if x > 0.0 { "inf".into() } else { "-inf".into() };
-    }
-    // Shortest round-trip digits and the decimal exponent.
-    let sci = format!("{:e}", x);
+    let sci = format!("{x:e}");
     let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
     let exp: i32 = exp.parse().unwrap_or(0);
-    let (sign, mantissa) = match mantissa.strip_prefix('-') {
-        Some(m) => ("-", m),
-        None => ("", mantissa),
-    };
-    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
-    let mut s = String::from(sign);
     if (-4..16).contains(&exp) {
-        if exp >= 0 {
-            let int_len = exp as usize + 1;
-            if digits.len() <= int_len {
-                s.push_str(&digits);
-                s.push_str(&"0".repeat(int_len - digits.len()));
-                s.push_str(".0");
-            } else {
-                s.push_str(&digits[..int_len]);
-                s.push('.');
-                s.push_str(&digits[int_len..]);
-            }
-        } else {
-            s.push_str("0.");
-            s.push_str(&"0".repeat((-exp - 1) as usize));
-            s.push_str(&digits);
+        // Rust's `Display` is positional with the same shortest digits.
+        let positional = x.to_string();
+        match positional.contains('.') {
+            true => positional,
+            false => positional + ".0",
         }
     } else {
-        s.push_str(&digits[..1]);
-        if digits.len() > 1 {
-            s.push('.');
-            s.push_str(&digits[1..]);
-        }
-        let _ = write!(s, "e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs());
+        format!(
+            "{mantissa}e{}{:02}",
+            if exp < 0 { '-' } else { '+' },
+            exp.abs()
+        )
     }
-    s
 }
 
 // ------------------------------------------------------------------------------------------------
 // tojson: json.dumps(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)
 // ------------------------------------------------------------------------------------------------
 
-struct JsonOptions {
-    ensure_ascii: bool,
-    indent: Option<String>,
-    item_sep: String,
-    key_sep: String,
-    sort_keys: bool,
-}
-
-fn tojson_filter(value: &Value, args: Rest<Value>) -> Result<Value, Error> {
-    let bad = |msg: String| Error::new(ErrorKind::InvalidOperation, format!("tojson: {msg}"));
-    let mut positional: Vec<Value> = args.0;
-    let mut named: Vec<(String, Value)> = Vec::new();
-    if positional.last().is_some_and(Value::is_kwargs) {
-        let kwargs = positional.pop().unwrap_or_default();
-        for key in kwargs.try_iter()? {
-            let v = kwargs.get_item(&key)?;
-            named.push((key.as_str().unwrap_or_default().to_owned(), v));
-        }
-    }
-    const NAMES: [&str; 4] = ["ensure_ascii", "indent", "separators", "sort_keys"];
-    if positional.len() > NAMES.len() {
-        return Err(bad(format!(
-            "takes at most {} arguments, got {}",
-            NAMES.len(),
-            positional.len()
+/// transformers' `tojson` (minijinja's own escapes HTML and has other arguments). Arguments
+/// bind by position or keyword, as in Python.
+fn tojson(value: &Value, Rest(mut args): Rest<Value>) -> Result<Value, Error> {
+    let kwargs = match args.last() {
+        Some(last) if last.is_kwargs() => Kwargs::try_from(args.pop().unwrap_or_default())?,
+        _ => Kwargs::from_iter(Vec::<(&str, Value)>::new()),
+    };
+    if args.len() > 4 {
+        return Err(json_error(format!(
+            "takes at most 4 arguments, got {}",
+            args.len()
         )));
     }
-    let mut slots: [Option<Value>; 4] = Default::default();
-    for (i, v) in positional.into_iter().enumerate() {
-        slots[i] = Some(v);
-    }
-    for (name, v) in named {
-        let Some(i) = NAMES.iter().position(|n| *n == name) else {
-            return Err(bad(format!("unexpected keyword argument '{name}'")));
-        };
-        if slots[i].is_some() {
-            return Err(bad(format!("got multiple values for argument '{name}'")));
+    let mut positional = args.into_iter();
+    let mut argument = |name: &str| -> Result<Option<Value>, Error> {
+        let given = positional
+            .next()
+            .filter(|v| !v.is_none() && !v.is_undefined());
+        match (given, kwargs.get::<Option<Value>>(name)?) {
+            (Some(_), Some(_)) => Err(json_error(format!(
+                "got multiple values for argument '{name}'"
+            ))),
+            (given, keyword) => Ok(given.or(keyword)),
         }
-        slots[i] = Some(v);
-    }
-    let [ensure_ascii, indent, separators, sort_keys] = slots;
+    };
+    let ensure_ascii = argument("ensure_ascii")?;
+    let indent = argument("indent")?;
+    let separators = argument("separators")?;
+    let sort_keys = argument("sort_keys")?;
+    kwargs.assert_all_used()?;
     let indent = match indent {
         None => None,
-        Some(v) if v.is_none() || v.is_undefined() => None,
-        Some(v) if v.kind() == ValueKind::String => Some(v.as_str().unwrap_or_default().to_owned()),
+        Some(v) if v.kind() == ValueKind::String => Some(v.to_string()),
         Some(v) if v.is_integer() => {
             Some(" ".repeat(v.as_i64().unwrap_or(0).clamp(0, 64) as usize))
         }
         Some(v) => {
-            return Err(bad(format!(
+            return Err(json_error(format!(
                 "indent must be an int or a string, got {}",
                 py_str(&v)
             )))
         }
     };
-    let (mut item_sep, mut key_sep) = if indent.is_some() {
-        (",".to_owned(), ": ".to_owned())
-    } else {
-        (", ".to_owned(), ": ".to_owned())
-    };
-    if let Some(sep) = separators.filter(|v| !v.is_none() && !v.is_undefined()) {
-        let parts: Vec<Value> = sep.try_iter().map(|it| it.collect()).unwrap_or_default();
-        match parts.as_slice() {
-            [a, b] if a.as_str().is_some() && b.as_str().is_some() => {
-                item_sep = a.as_str().unwrap_or_default().to_owned();
-                key_sep = b.as_str().unwrap_or_default().to_owned();
+    // Python's default item separator drops its space when indenting.
+    let (item_sep, key_sep) = match separators {
+        None if indent.is_some() => (",".to_owned(), ": ".to_owned()),
+        None => (", ".to_owned(), ": ".to_owned()),
+        Some(pair) => match pair.try_iter().map(|it| it.collect::<Vec<_>>()).as_deref() {
+            Ok([item, key]) if item.as_str().is_some() && key.as_str().is_some() => {
+                (item.to_string(), key.to_string())
             }
             _ => {
-                return Err(bad(
+                return Err(json_error(
                     "separators must be an (item_separator, key_separator) pair of strings".into(),
                 ))
             }
-        }
-    }
-    let opts = JsonOptions {
+        },
+    };
+    let json = Json {
         ensure_ascii: ensure_ascii.is_some_and(|v| v.is_true()),
         indent,
         item_sep,
@@ -737,150 +529,141 @@ fn tojson_filter(value: &Value, args: Rest<Value>) -> Result<Value, Error> {
         sort_keys: sort_keys.is_some_and(|v| v.is_true()),
     };
     let mut out = String::new();
-    write_json(value, &opts, 0, &mut out)?;
+    json.value(value, 0, &mut out)?;
     Ok(Value::from(out))
 }
 
-fn write_json(
-    value: &Value,
-    opts: &JsonOptions,
-    level: usize,
-    out: &mut String,
-) -> Result<(), Error> {
-    if level > 128 {
-        return Err(Error::new(
-            ErrorKind::InvalidOperation,
-            "tojson: nesting too deep",
-        ));
-    }
-    let newline = |out: &mut String, level: usize| {
-        if let Some(ind) = &opts.indent {
-            out.push('\n');
-            for _ in 0..level {
-                out.push_str(ind);
-            }
-        }
-    };
-    match value.kind() {
-        ValueKind::None => out.push_str("null"),
-        ValueKind::Bool => out.push_str(if value.is_true() { "true" } else { "false" }),
-        ValueKind::Number => {
-            if value.is_integer() {
-                let _ = write!(out, "{value}");
-            } else {
-                let x = f64::try_from(value.clone()).unwrap_or(f64::NAN);
-                out.push_str(&if x.is_nan() {
-                    "NaN".to_owned()
-                } else if x.is_infinite() {
-                    if x > 0.0 { "Infinity" } else { "-Infinity" }.to_owned()
-                } else {
-                    py_float_repr(x)
-                });
-            }
-        }
-        ValueKind::String => json_str(value.as_str().unwrap_or_default(), opts.ensure_ascii, out),
-        ValueKind::Seq | ValueKind::Iterable => {
-            let items: Vec<Value> = value.try_iter()?.collect();
-            if items.is_empty() {
-                out.push_str("[]");
-                return Ok(());
-            }
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(&opts.item_sep);
-                }
-                newline(out, level + 1);
-                write_json(item, opts, level + 1, out)?;
-            }
-            newline(out, level);
-            out.push(']');
-        }
-        ValueKind::Map => {
-            let mut entries: Vec<(String, Value)> = Vec::new();
-            for key in value.try_iter()? {
-                let item = value.get_item(&key)?;
-                let key = match key.kind() {
-                    ValueKind::String => key.as_str().unwrap_or_default().to_owned(),
-                    ValueKind::None => "null".to_owned(),
-                    ValueKind::Bool => if key.is_true() { "true" } else { "false" }.to_owned(),
-                    ValueKind::Number => {
-                        let mut s = String::new();
-                        write_json(&key, opts, level + 1, &mut s)?;
-                        s
-                    }
-                    _ => {
-                        return Err(Error::new(
-                            ErrorKind::InvalidOperation,
-                            format!(
-                                "tojson: keys must be str, int, float, bool or None, not {}",
-                                key.kind()
-                            ),
-                        ))
-                    }
-                };
-                entries.push((key, item));
-            }
-            if opts.sort_keys {
-                entries.sort_by(|a, b| a.0.cmp(&b.0));
-            }
-            if entries.is_empty() {
-                out.push_str("{}");
-                return Ok(());
-            }
-            out.push('{');
-            for (i, (key, item)) in entries.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(&opts.item_sep);
-                }
-                newline(out, level + 1);
-                json_str(key, opts.ensure_ascii, out);
-                out.push_str(&opts.key_sep);
-                write_json(item, opts, level + 1, out)?;
-            }
-            newline(out, level);
-            out.push('}');
-        }
-        ValueKind::Undefined => {
-            return Err(Error::new(
-                ErrorKind::InvalidOperation,
-                "tojson: Object of type Undefined is not JSON serializable",
-            ))
-        }
-        kind => {
-            return Err(Error::new(
-                ErrorKind::InvalidOperation,
-                format!("tojson: a value of type {kind} is not JSON serializable"),
-            ))
-        }
-    }
-    Ok(())
+fn json_error(message: String) -> Error {
+    Error::new(ErrorKind::InvalidOperation, format!("tojson: {message}"))
 }
 
-fn json_str(s: &str, ensure_ascii: bool, out: &mut String) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
+struct Json {
+    ensure_ascii: bool,
+    indent: Option<String>,
+    item_sep: String,
+    key_sep: String,
+    sort_keys: bool,
+}
+
+impl Json {
+    fn value(&self, value: &Value, level: usize, out: &mut String) -> Result<(), Error> {
+        // Objects may contain themselves.
+        if level > 128 {
+            return Err(json_error("nesting too deep".into()));
+        }
+        match value.kind() {
+            ValueKind::None => out.push_str("null"),
+            ValueKind::Bool => out.push_str(if value.is_true() { "true" } else { "false" }),
+            ValueKind::Number => out.push_str(&json_number(value)),
+            ValueKind::String => self.string(value.as_str().unwrap_or_default(), out),
+            ValueKind::Seq | ValueKind::Iterable => {
+                let items: Vec<Value> = value.try_iter()?.collect();
+                self.container(['[', ']'], &items, level, out, |item, out| {
+                    self.value(item, level + 1, out)
+                })?;
             }
-            c if ensure_ascii && (c as u32) > 0x7e => {
-                let mut buf = [0u16; 2];
-                for unit in c.encode_utf16(&mut buf) {
-                    let _ = write!(out, "\\u{:04x}", unit);
+            ValueKind::Map => {
+                let mut entries = Vec::new();
+                for key in value.try_iter()? {
+                    entries.push((json_key(&key)?, value.get_item(&key)?));
                 }
+                if self.sort_keys {
+                    entries.sort_by(|a, b| a.0.cmp(&b.0));
+                }
+                self.container(['{', '}'], &entries, level, out, |(key, item), out| {
+                    self.string(key, out);
+                    out.push_str(&self.key_sep);
+                    self.value(item, level + 1, out)
+                })?;
             }
-            c => out.push(c),
+            kind => {
+                return Err(json_error(format!(
+                    "Object of type {kind} is not JSON serializable"
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `items` between `brackets`, one per line when indenting (Python writes `[]`
+    /// and `{}` when empty).
+    fn container<T>(
+        &self,
+        brackets: [char; 2],
+        items: &[T],
+        level: usize,
+        out: &mut String,
+        mut item: impl FnMut(&T, &mut String) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        out.push(brackets[0]);
+        for (i, it) in items.iter().enumerate() {
+            if i > 0 {
+                out.push_str(&self.item_sep);
+            }
+            self.newline(level + 1, out);
+            item(it, out)?;
+        }
+        if !items.is_empty() {
+            self.newline(level, out);
+        }
+        out.push(brackets[1]);
+        Ok(())
+    }
+
+    fn newline(&self, level: usize, out: &mut String) {
+        if let Some(indent) = &self.indent {
+            out.push('\n');
+            for _ in 0..level {
+                out.push_str(indent);
+            }
         }
     }
-    out.push('"');
+
+    fn string(&self, s: &str, out: &mut String) {
+        out.push('"');
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                '\u{8}' => out.push_str("\\b"),
+                '\u{c}' => out.push_str("\\f"),
+                c if (c as u32) < 0x20 || self.ensure_ascii && (c as u32) > 0x7e => {
+                    for unit in c.encode_utf16(&mut [0; 2]) {
+                        let _ = write!(out, "\\u{unit:04x}");
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+}
+
+fn json_number(value: &Value) -> String {
+    if value.is_integer() {
+        return value.to_string();
+    }
+    match f64::try_from(value.clone()).unwrap_or(f64::NAN) {
+        x if x.is_nan() => "NaN".to_owned(),
+        x if x.is_infinite() => if x > 0.0 { "Infinity" } else { "-Infinity" }.to_owned(),
+        x => py_float_repr(x),
+    }
+}
+
+/// A dict key as `json.dumps` converts it to a string.
+fn json_key(key: &Value) -> Result<String, Error> {
+    match key.kind() {
+        ValueKind::String => Ok(key.as_str().unwrap_or_default().to_owned()),
+        ValueKind::None => Ok("null".to_owned()),
+        ValueKind::Bool => Ok(if key.is_true() { "true" } else { "false" }.to_owned()),
+        ValueKind::Number => Ok(json_number(key)),
+        kind => Err(json_error(format!(
+            "keys must be str, int, float, bool or None, not {kind}"
+        ))),
+    }
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -919,30 +702,30 @@ const WEEKDAYS: [&str; 7] = [
     "Sunday",
 ];
 
-/// Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
+/// Civil date (year, month, day) from days since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
     let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
     let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 fn strftime_utc(format: &str, unix_secs: i64) -> String {
     let days = unix_secs.div_euclid(86_400);
-    let sod = unix_secs.rem_euclid(86_400);
+    let secs = unix_secs.rem_euclid(86_400);
     let (year, month, day) = civil_from_days(days);
-    let (hour, minute, second) = (sod / 3600, (sod / 60) % 60, sod % 60);
-    let weekday = (days + 3).rem_euclid(7) as usize; // 1970-01-01 was a Thursday; 0 = Monday
-    let is_leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
-    let cumulative = [0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334];
-    let yday = cumulative[month as usize - 1] + day + u32::from(is_leap && month > 2);
-    let hour12 = if hour % 12 == 0 { 12 } else { hour % 12 };
+    let (hour, minute, second) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let weekday = (days + 3).rem_euclid(7); // 0 = Monday; 1970-01-01 was a Thursday
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let before_month = [0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334];
+    let yday = before_month[month as usize - 1] + day + i64::from(leap && month > 2);
+    let month_name = MONTHS[month as usize - 1];
+    let weekday_name = WEEKDAYS[weekday as usize];
 
     let mut out = String::new();
     let mut chars = format.chars().peekable();
@@ -951,375 +734,265 @@ fn strftime_utc(format: &str, unix_secs: i64) -> String {
             out.push(c);
             continue;
         }
-        // glibc's "%-d" (no padding), which Python passes through on Linux.
-        let no_pad = chars.peek() == Some(&'-');
-        if no_pad {
-            chars.next();
-        }
-        let num = |out: &mut String, v: i64, width: usize| {
-            if no_pad {
-                let _ = write!(out, "{v}");
-            } else {
-                let _ = write!(out, "{v:0width$}");
-            }
+        // glibc's `%-d` (no padding), which Python passes through on Linux.
+        let unpadded = chars.next_if_eq(&'-').is_some();
+        let number = |value: i64, width: usize| match unpadded {
+            true => value.to_string(),
+            false => format!("{value:0width$}"),
         };
-        match chars.next() {
-            Some('Y') => {
-                let _ = write!(out, "{year}");
-            }
-            Some('y') => num(&mut out, year.rem_euclid(100), 2),
-            Some('m') => num(&mut out, i64::from(month), 2),
-            Some('d') => num(&mut out, i64::from(day), 2),
-            Some('e') => {
-                let _ = write!(out, "{day:>2}");
-            }
-            Some('j') => num(&mut out, i64::from(yday), 3),
-            Some('H') => num(&mut out, hour, 2),
-            Some('I') => num(&mut out, hour12, 2),
-            Some('M') => num(&mut out, minute, 2),
-            Some('S') => num(&mut out, second, 2),
-            Some('p') => out.push_str(if hour < 12 { "AM" } else { "PM" }),
-            Some('B') => out.push_str(MONTHS[month as usize - 1]),
-            Some('b') | Some('h') => out.push_str(&MONTHS[month as usize - 1][..3]),
-            Some('A') => out.push_str(WEEKDAYS[weekday]),
-            Some('a') => out.push_str(&WEEKDAYS[weekday][..3]),
-            Some('u') => {
-                let _ = write!(out, "{}", weekday + 1);
-            }
-            Some('w') => {
-                let _ = write!(out, "{}", (weekday + 1) % 7);
-            }
-            Some('F') => {
-                let _ = write!(out, "{year:04}-{month:02}-{day:02}");
-            }
-            Some('T') => {
-                let _ = write!(out, "{hour:02}:{minute:02}:{second:02}");
-            }
-            Some('D') => {
-                let _ = write!(out, "{month:02}/{day:02}/{:02}", year.rem_euclid(100));
-            }
-            Some('Z') => out.push_str("UTC"),
-            Some('z') => out.push_str("+0000"),
-            Some('%') => out.push('%'),
-            Some(other) => {
-                out.push('%');
-                if no_pad {
-                    out.push('-');
-                }
-                out.push(other);
-            }
-            None => out.push('%'),
-        }
+        let field = match chars.next() {
+            Some('Y') => year.to_string(),
+            Some('y') => number(year.rem_euclid(100), 2),
+            Some('m') => number(month, 2),
+            Some('d') => number(day, 2),
+            Some('e') => format!("{day:>2}"),
+            Some('j') => number(yday, 3),
+            Some('H') => number(hour, 2),
+            Some('I') => number((hour + 11) % 12 + 1, 2),
+            Some('M') => number(minute, 2),
+            Some('S') => number(second, 2),
+            Some('p') => (if hour < 12 { "AM" } else { "PM" }).to_owned(),
+            Some('B') => month_name.to_owned(),
+            Some('b' | 'h') => month_name[..3].to_owned(),
+            Some('A') => weekday_name.to_owned(),
+            Some('a') => weekday_name[..3].to_owned(),
+            Some('u') => (weekday + 1).to_string(),
+            Some('w') => ((weekday + 1) % 7).to_string(),
+            Some('F') => format!("{year:04}-{month:02}-{day:02}"),
+            Some('T') => format!("{hour:02}:{minute:02}:{second:02}"),
+            Some('D') => format!("{month:02}/{day:02}/{:02}", year.rem_euclid(100)),
+            Some('Z') => "UTC".to_owned(),
+            Some('z') => "+0000".to_owned(),
+            Some('%') | None => "%".to_owned(),
+            Some(other) => format!("%{}{other}", if unpadded { "-" } else { "" }),
+        };
+        out.push_str(&field);
     }
     out
 }
 
 // ------------------------------------------------------------------------------------------------
-// Fuel instrumentation of the template source
+// Source rewriting: where minijinja reads a template differently from jinja2
 // ------------------------------------------------------------------------------------------------
 
-/// Rewrites `source` so that minijinja evaluates it as jinja2 would, and meters it (see the
-/// module docs):
-/// * newlines are normalized to `\n`, as jinja2's lexer does for template data and strings;
-/// * string literals inside tags get Python's escape semantics (see [`fix_string_literals`]);
-/// * `for` iterables go through `__retort_iter(...)`, which rejects `none` as Python does;
-/// * `for` bodies, `for` filters, macro and call-block bodies tick the fuel meter.
+/// Rewrites `source` so that minijinja reads it as jinja2 does, without adding or removing a
+/// line (error lines stay those of the template as written):
+/// * newlines are normalized to `\n`, as jinja2's lexer does;
+/// * string literals in tags get Python's escapes ([`python_literal`]);
+/// * a `for` loop's iterable goes through [`iterable`], which rejects `None` as Python does
+///   (Phi-4-mini's template loops over `tools`, which transformers passes as `None`).
 ///
-/// Text, comments and raw blocks are copied unchanged; no line is added or removed.
-fn instrument(source: &str) -> String {
-    let normalized;
-    let source = if source.contains('\r') {
-        normalized = source.replace("\r\n", "\n").replace('\r', "\n");
-        normalized.as_str()
-    } else {
-        source
-    };
-    let bytes = source.as_bytes();
-    let mut out = String::with_capacity(source.len() + 256);
+/// Text, comments and raw blocks are left alone.
+fn jinja2_compat(source: &str) -> String {
+    let src = source.replace("\r\n", "\n").replace('\r', "\n");
+    let mut edits: Vec<(Range<usize>, String)> = Vec::new();
     let mut pos = 0;
-    while pos < bytes.len() {
-        let Some(rel) = source[pos..].find('{') else {
-            out.push_str(&source[pos..]);
-            break;
-        };
-        let start = pos + rel;
-        out.push_str(&source[pos..start]);
-        match bytes.get(start + 1) {
-            Some(b'#') => {
-                let end = source[start + 2..]
-                    .find("#}")
-                    .map_or(bytes.len(), |i| start + 2 + i + 2);
-                out.push_str(&source[start..end]);
-                pos = end;
-            }
-            Some(b'{') => {
-                let end = scan_tag(source, start + 2, "}}").map_or(bytes.len(), |t| t.end);
-                out.push_str(&fix_string_literals(&source[start..end]));
-                pos = end;
-            }
-            Some(b'%') => {
-                let Some(tag) = scan_tag(source, start + 2, "%}") else {
-                    out.push_str(&source[start..]);
-                    break;
-                };
-                let keyword = tag.names.first().map(|n| &source[n.clone()]);
-                // (offset, text) insertions into the tag, in increasing offset order.
-                let mut inserts: Vec<(usize, String)> = Vec::new();
-                let mut tick_after = false;
-                match keyword {
-                    Some("raw") => {
-                        let end = find_endraw(source, tag.end).unwrap_or(bytes.len());
-                        out.push_str(&source[start..end]);
-                        pos = end;
-                        continue;
-                    }
-                    Some("for") => {
-                        // `for TARGET in ITER [if COND] [recursive]`
-                        let names: Vec<&str> =
-                            tag.names.iter().map(|n| &source[n.clone()]).collect();
-                        let last = names.len() - 1;
-                        let recursive = (last > 0
-                            && names[last] == "recursive"
-                            && tag.names[last].end == tag.content_end_trimmed)
-                            .then(|| tag.names[last].start);
-                        if let Some(i) = names.iter().position(|n| *n == "in") {
-                            let if_idx = names[i + 1..]
-                                .iter()
-                                .position(|n| *n == "if")
-                                .map(|j| i + 1 + j)
-                                .filter(|&j| Some(tag.names[j].start) != recursive);
-                            let tail = recursive.unwrap_or(tag.content_end);
-                            let iter_end = if_idx.map_or(tail, |j| tag.names[j].start);
-                            inserts.push((tag.names[i].end, format!(" {ITER_FN}(")));
-                            inserts.push((iter_end, ") ".to_owned()));
-                            if let Some(j) = if_idx {
-                                inserts.push((tag.names[j].end, format!(" {TICK_FN}() and (")));
-                                inserts.push((tail, ") ".to_owned()));
-                            }
-                        }
-                        tick_after = true;
-                    }
-                    Some("macro") | Some("call") => tick_after = true,
-                    _ => {}
-                }
-                let mut at = start;
-                for (offset, text) in inserts {
-                    out.push_str(&fix_string_literals(&source[at..offset]));
-                    out.push_str(&text);
-                    at = offset;
-                }
-                out.push_str(&fix_string_literals(&source[at..tag.end]));
-                if tick_after {
-                    push_tick(&mut out, tag.modifier);
-                }
-                pos = tag.end;
-            }
-            _ => {
-                out.push('{');
-                pos = start + 1;
-            }
-        }
-    }
-    out
-}
-
-/// Gives the string literals in a piece of tag source Python's escape semantics (jinja2
-/// decodes literals with the `unicode-escape` codec) where minijinja's differ: `\<newline>` is
-/// a line continuation, `\a` and `\v` are control characters, `\UXXXXXXXX` is a code point,
-/// and `\/` is not an escape. Line continuations become `("..." ~<newline>"...")`, so the
-/// line count is kept. Literals without such escapes are copied unchanged.
-fn fix_string_literals(piece: &str) -> String {
-    let bytes = piece.as_bytes();
-    let mut out = String::with_capacity(piece.len());
-    let mut copied = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        let q = bytes[i];
-        if q != b'\'' && q != b'"' {
-            i += 1;
+    while let Some(i) = src[pos..].find('{') {
+        let open = pos + i;
+        let delimiter = src.as_bytes().get(open + 1).copied();
+        if delimiter == Some(b'#') {
+            pos = src[open + 2..]
+                .find("#}")
+                .map_or(src.len(), |j| open + 2 + j + 2);
             continue;
         }
-        let lit_start = i;
-        i += 1;
-        let mut needs_fix = false;
-        while i < bytes.len() && bytes[i] != q {
-            if bytes[i] == b'\\' {
-                if matches!(bytes.get(i + 1), Some(b'\n' | b'a' | b'v' | b'U' | b'/')) {
-                    needs_fix = true;
-                }
-                i += 1;
-            }
-            i += 1;
-        }
-        let lit_end = (i + 1).min(bytes.len());
-        i = lit_end;
-        if !needs_fix || lit_end - lit_start < 2 || bytes[lit_end - 1] != q {
+        if !matches!(delimiter, Some(b'{' | b'%')) {
+            pos = open + 1;
             continue;
         }
-        out.push_str(&piece[copied..lit_start]);
-        copied = lit_end;
-        let quote = q as char;
-        let body = &piece[lit_start + 1..lit_end - 1];
-        let mut segments = vec![String::new()];
-        let mut chars = body.chars().peekable();
-        while let Some(c) = chars.next() {
-            let seg = segments.last_mut().expect("one segment");
-            if c != '\\' {
-                seg.push(c);
+        let tag = scan_tag(&src, open);
+        pos = (tag.close + 2).min(src.len());
+        let is_block = delimiter == Some(b'%');
+        match tag.words.first().map(|w| &src[w.clone()]) {
+            Some("raw") if is_block => {
+                pos = end_of_raw(&src, pos);
                 continue;
             }
-            match chars.next() {
-                Some('\n') => segments.push(String::new()),
-                Some('a') => seg.push_str("\\x07"),
-                Some('v') => seg.push_str("\\x0b"),
-                Some('/') => seg.push_str("\\\\/"),
-                Some('U') => {
-                    let hex: String = chars.clone().take(8).collect();
-                    match u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32) {
-                        Some(ch) if hex.len() == 8 => {
-                            for _ in 0..8 {
-                                chars.next();
-                            }
-                            if ch == quote || ch == '\\' {
-                                seg.push('\\');
-                            }
-                            seg.push(ch);
-                        }
-                        _ => seg.push_str("\\U"),
-                    }
+            Some("for") if is_block => {
+                if let Some(iter) = for_iterable(&src, &tag) {
+                    edits.push((iter.start..iter.start, format!(" {ITER_FN}(")));
+                    edits.push((iter.end..iter.end, ")".to_owned()));
                 }
-                Some(d) => {
-                    seg.push('\\');
-                    seg.push(d);
-                }
-                None => seg.push('\\'),
             }
+            _ => {}
         }
-        if segments.len() == 1 {
-            let _ = write!(out, "{quote}{}{quote}", segments[0]);
-        } else {
-            out.push('(');
-            for (k, seg) in segments.iter().enumerate() {
-                if k > 0 {
-                    out.push_str("~\n");
-                }
-                let _ = write!(out, "{quote}{seg}{quote}");
+        for literal in tag.strings {
+            if let Some(fixed) = python_literal(&src[literal.clone()]) {
+                edits.push((literal, fixed));
             }
-            out.push(')');
         }
     }
-    out.push_str(&piece[copied..]);
+    edits.sort_by_key(|(range, _)| range.start);
+    let mut out = String::with_capacity(src.len() + 32 * edits.len());
+    let mut copied = 0;
+    for (range, text) in edits {
+        out.push_str(&src[copied..range.start]);
+        out.push_str(&text);
+        copied = range.end;
+    }
+    out.push_str(&src[copied..]);
     out
 }
 
-fn push_tick(out: &mut String, modifier: Option<char>) {
-    let m = modifier.map(String::from).unwrap_or_default();
-    let _ = write!(out, "{{% if {TICK_FN}() %}}{{% endif {m}%}}");
-}
-
+/// A `{{ ... }}` or `{% ... %}` tag.
 struct Tag {
-    /// Byte offset just past the closing delimiter.
-    end: usize,
-    /// Byte offset of the closing delimiter (before any `-`/`+` modifier).
-    content_end: usize,
-    /// `content_end` with trailing whitespace removed.
-    content_end_trimmed: usize,
-    /// `-` or `+` before the closing delimiter.
-    modifier: Option<char>,
-    /// Byte ranges of the identifiers at bracket depth 0, in order.
-    names: Vec<std::ops::Range<usize>>,
+    /// Offset of the closing delimiter; the end of the source if there is none.
+    close: usize,
+    /// Names and keywords outside brackets, attribute names excepted, in order.
+    words: Vec<Range<usize>>,
+    /// String literals, quotes included.
+    strings: Vec<Range<usize>>,
 }
 
-/// Scans a `{{ ... }}` or `{% ... %}` from `from` (just past the opening delimiter) to its
-/// closing delimiter, skipping string literals and tracking brackets.
-fn scan_tag(source: &str, from: usize, close: &str) -> Option<Tag> {
-    let bytes = source.as_bytes();
-    let close = close.as_bytes();
-    let mut i = from;
-    if matches!(bytes.get(i), Some(b'-') | Some(b'+')) {
+/// Scans the tag opening at `open` as jinja2's lexer does: string literals are skipped and
+/// the closing delimiter only counts outside brackets (`{{ {'a': {}}} }}`).
+fn scan_tag(src: &str, open: usize) -> Tag {
+    let b = src.as_bytes();
+    let close: &[u8] = if b[open + 1] == b'{' { b"}}" } else { b"%}" };
+    let mut tag = Tag {
+        close: b.len(),
+        words: Vec::new(),
+        strings: Vec::new(),
+    };
+    let mut depth = 0usize;
+    let mut i = open + 2;
+    while i < b.len() {
+        let start = i;
+        match b[i] {
+            _ if depth == 0 && b[i..].starts_with(close) => {
+                tag.close = i;
+                break;
+            }
+            quote @ (b'\'' | b'"') => {
+                i += 1;
+                while i < b.len() && b[i] != quote {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+                i = (i + 1).min(b.len());
+                tag.strings.push(start..i);
+                continue;
+            }
+            b'(' | b'[' | b'{' => depth += 1,
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            c if c == b'_' || c.is_ascii_alphanumeric() => {
+                while i < b.len() && (b[i] == b'_' || b[i].is_ascii_alphanumeric()) {
+                    i += 1;
+                }
+                if depth == 0 && !src[..start].trim_end().ends_with('.') {
+                    tag.words.push(start..i);
+                }
+                continue;
+            }
+            _ => {}
+        }
         i += 1;
     }
-    let mut depth = 0usize;
-    let mut names = Vec::new();
-    while i < bytes.len() {
-        let b = bytes[i];
-        if depth == 0
-            && (bytes[i..].starts_with(close)
-                || (b == b'-' || b == b'+') && bytes[i + 1..].starts_with(close))
-        {
-            let (modifier, content_end) = if b == b'-' || b == b'+' {
-                (Some(b as char), i)
-            } else {
-                (None, i)
-            };
-            let end = if modifier.is_some() {
-                i + 1 + close.len()
-            } else {
-                i + close.len()
-            };
-            let content_end_trimmed = from + source[from..content_end].trim_end().len();
-            return Some(Tag {
-                end,
-                content_end,
-                content_end_trimmed,
-                modifier,
-                names,
-            });
-        }
-        match b {
-            b'\'' | b'"' => {
-                i += 1;
-                while i < bytes.len() && bytes[i] != b {
-                    if bytes[i] == b'\\' {
-                        i += 1;
-                    }
-                    i += 1;
-                }
-                i += 1;
-            }
-            b'(' | b'[' | b'{' => {
-                depth += 1;
-                i += 1;
-            }
-            b')' | b']' | b'}' => {
-                depth = depth.saturating_sub(1);
-                i += 1;
-            }
-            b if b == b'_' || b.is_ascii_alphabetic() => {
-                let s = i;
-                while i < bytes.len() && (bytes[i] == b'_' || bytes[i].is_ascii_alphanumeric()) {
-                    i += 1;
-                }
-                // Attribute names (`loop.index`) are not keywords.
-                let after_dot = source[..s].trim_end().ends_with('.');
-                if depth == 0 && !after_dot {
-                    names.push(s..i);
-                }
-            }
-            _ => i += 1,
-        }
-    }
-    None
+    tag
 }
 
-/// End of the `{% endraw %}` tag that closes a raw block starting at `from`.
-fn find_endraw(source: &str, from: usize) -> Option<usize> {
+/// The iterable of `{% for TARGET in ITERABLE [if CONDITION] [recursive] %}`: from after `in`
+/// to the first `if` or `recursive` after it (jinja2 parses no conditional expression there),
+/// or to the closing delimiter and its whitespace-control modifier.
+fn for_iterable(src: &str, tag: &Tag) -> Option<Range<usize>> {
+    let in_at = tag.words.iter().position(|w| &src[w.clone()] == "in")?;
+    let start = tag.words[in_at].end;
+    let end = tag.words[in_at + 1..]
+        .iter()
+        .find(|w| {
+            matches!(&src[(*w).clone()], "if" | "recursive")
+                && !src[start..w.start].trim().is_empty()
+        })
+        .map_or_else(
+            || tag.close - usize::from(matches!(src.as_bytes()[tag.close - 1], b'-' | b'+')),
+            |w| w.start,
+        );
+    Some(start..end)
+}
+
+/// Offset just past the `{% endraw %}` that ends a raw block whose body starts at `from` (jinja2
+/// finds it textually, whatever the body holds).
+fn end_of_raw(src: &str, from: usize) -> usize {
     let mut pos = from;
-    while let Some(rel) = source[pos..].find("{%") {
-        let start = pos + rel;
-        if let Some(tag) = scan_tag(source, start + 2, "%}") {
-            if tag.names.first().map(|n| &source[n.clone()]) == Some("endraw") {
-                return Some(tag.end);
+    while let Some(i) = src[pos..].find("{%") {
+        pos += i + 2;
+        let rest = &src[pos..];
+        let rest = rest.strip_prefix(['-', '+']).unwrap_or(rest).trim_start();
+        if let Some(rest) = rest.strip_prefix("endraw") {
+            let rest = rest.trim_start();
+            if let Some(rest) = rest
+                .strip_prefix(['-', '+'])
+                .unwrap_or(rest)
+                .strip_prefix("%}")
+            {
+                return src.len() - rest.len();
             }
         }
-        pos = start + 2;
     }
-    None
+    src.len()
+}
+
+/// The string literal `literal` (quotes included) spelled so that minijinja reads it as jinja2
+/// does, or `None` if it already does. jinja2 decodes literals with Python's `unicode-escape`
+/// codec, where `\<newline>` continues the line, `\a` and `\v` are control characters,
+/// `\UXXXXXXXX` is a code point and `\/` is not an escape; minijinja knows none of these and
+/// reads `\/` as `/`. A continuation becomes `('...' ~<newline>'...')`, keeping the line count.
+fn python_literal(literal: &str) -> Option<String> {
+    let quote = literal.get(..1)?;
+    let body = literal.strip_prefix(quote)?.strip_suffix(quote)?;
+    if !body.contains('\\') {
+        return None;
+    }
+    let mut out = String::with_capacity(literal.len() + 8);
+    let mut continued = false;
+    let mut chars = body.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('\n') => {
+                let _ = write!(out, "{quote} ~\n{quote}");
+                continued = true;
+            }
+            Some('a') => out.push_str("\\x07"),
+            Some('v') => out.push_str("\\x0b"),
+            Some('/') => out.push_str("\\\\/"),
+            Some('U') => match code_point(chars.as_str()) {
+                Some(c) => {
+                    chars.nth(7);
+                    for unit in c.encode_utf16(&mut [0; 2]) {
+                        let _ = write!(out, "\\u{unit:04x}");
+                    }
+                }
+                None => out.push_str("\\U"),
+            },
+            Some(d) => {
+                out.push('\\');
+                out.push(d);
+            }
+            None => out.push('\\'),
+        }
+    }
+    let fixed = match continued {
+        true => format!("({quote}{out}{quote})"),
+        false => format!("{quote}{out}{quote}"),
+    };
+    (fixed != literal).then_some(fixed)
+}
+
+/// The character that the eight hex digits at the start of `s` name.
+fn code_point(s: &str) -> Option<char> {
+    let hex = s
+        .get(..8)
+        .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))?;
+    char::from_u32(u32::from_str_radix(hex, 16).ok()?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, Instant};
 
     fn msgs(pairs: &[(&str, &str)]) -> Vec<ChatMessage> {
         pairs
@@ -1397,10 +1070,11 @@ mod tests {
     }
 
     #[test]
-    fn deadline_stops_slow_loops() {
+    fn fuel_stops_slow_loops() {
+        // Sorting the 100 000 items is one instruction: with the default fuel this would run
+        // for minutes, so only a small fuel bounds the time of such a template.
         let limits = ChatTemplateLimits {
-            fuel: u64::MAX,
-            max_duration: Duration::from_millis(200),
+            fuel: 500,
             ..Default::default()
         };
         let src = "{% set big = range(100000)|list %}{% for a in big %}{% set s = big|sort %}{% endfor %}";
@@ -1420,7 +1094,7 @@ mod tests {
     }
 
     #[test]
-    fn instrumentation_keeps_whitespace_control() {
+    fn rewriting_keeps_whitespace_control() {
         let src = "{% for m in messages %}\n  {{ m.role }}\n{% endfor %}\n{%- for m in messages -%}\n\n [{{ m.content }}]  {%- endfor %}\n{% for m in messages if m.role != 'x' recursive %}\n{{ loop.index }}{% endfor %}\n";
         let expected = "  user\n  assistant\n[a][b]12";
         assert_eq!(
@@ -1429,7 +1103,7 @@ mod tests {
         );
         // Tags inside strings, comments and raw blocks are left alone.
         let src = "{# {% for x in y %} #}{{ '{% for %}' }}{% raw %}{% for x in y %}{% endraw %}";
-        assert_eq!(instrument(src), src);
+        assert_eq!(jinja2_compat(src), src);
         assert_eq!(
             render(src, &[], false).unwrap(),
             "{% for %}{% for x in y %}"

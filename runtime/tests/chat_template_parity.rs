@@ -73,3 +73,21 @@ fn r1_distill_qwen_matches_transformers() {
 fn features_match_transformers() {
     check_fixture("features.json");
 }
+
+/// Dicts built in a template keep insertion order, as Python's do (tool-call arguments are
+/// printed with `tojson`). The expected string was rendered with jinja2 3.1.6 configured as
+/// transformers configures it (sandbox, trim_blocks, lstrip_blocks, loopcontrols, its `tojson`).
+#[test]
+fn template_dicts_keep_insertion_order() {
+    let source = "{% set d = {'role': 'x', 'b': 1, 'a': 2} %}{{ d }}|{{ d|tojson }}|\
+        {{ dict(z=1, y=2) }}|{% for k, v in d.items() %}{{ k }}={{ v }};{% endfor %}|\
+        {{ messages[0] }}|{{ {'name': 'f', 'arguments': {'q': 'x', 'n': 1}}|tojson }}";
+    let expected = "{'role': 'x', 'b': 1, 'a': 2}|{\"role\": \"x\", \"b\": 1, \"a\": 2}|\
+        {'z': 1, 'y': 2}|role=x;b=1;a=2;|{'role': 'user', 'content': 'hi'}|\
+        {\"name\": \"f\", \"arguments\": {\"q\": \"x\", \"n\": 1}}";
+    let template = ChatTemplate::new(source, "<s>", "</s>").unwrap();
+    let got = template
+        .render(&[ChatMessage::new("user", "hi")], false)
+        .unwrap();
+    assert_eq!(got, expected);
+}
