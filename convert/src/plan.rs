@@ -193,7 +193,7 @@ fn fallback(chosen: DType, row_len: u64) -> DType {
         other => other,
     };
     let result = if fits(smaller) { smaller } else { DType::F16 };
-    log::warn!("row length {row_len} is not a multiple of {}'s block size: using {}", chosen.name(), result.name());
+    log::debug!("row length {row_len} is not a multiple of {}'s block size: using {}", chosen.name(), result.name());
     result
 }
 
