@@ -9,7 +9,9 @@
 #                                     fuzz/regressions/<target>/ (a quick regression check)
 #   scripts/fuzz.sh list              the targets
 #
-# Targets (fuzz/fuzz_targets/): gguf_header, gguf_body, tokenizer_vocab, chat_template.
+# Targets (fuzz/fuzz_targets/): gguf_header, gguf_body, tokenizer_vocab, tokenizer_encode,
+# chat_template. tokenizer_encode uses models-cache/SmolLM2-135M-Instruct.Q4_1.gguf
+# (scripts/fetch-models.sh) or $RETORT_FUZZ_VOCAB when present.
 # Extra libFuzzer flags can follow the seconds: scripts/fuzz.sh gguf_body 60 -only_ascii=1.
 #
 # cargo-fuzz needs nightly-only rustc flags (-Zsanitizer=address, ...); this project builds on
@@ -22,7 +24,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export RUSTC_BOOTSTRAP=1
 
-ALL_TARGETS=(gguf_header gguf_body tokenizer_vocab chat_template)
+ALL_TARGETS=(gguf_header gguf_body tokenizer_vocab tokenizer_encode chat_template)
 target=${1:-all}
 seconds=${2:-60}
 shift $(( $# > 2 ? 2 : $# ))
@@ -38,6 +40,7 @@ seeds_of() {
     case "$1" in
         gguf_header | gguf_body) echo fuzz/seeds/gguf ;;
         chat_template) echo fuzz/seeds/chat_template ;;
+        tokenizer_encode) echo fuzz/seeds/text ;;
         *) ;;
     esac
 }
@@ -47,7 +50,10 @@ flags_of() {
         gguf_header | gguf_body) echo "-max_len=32768" ;;
         # A render under the target's limits (256 KB of output) never needs a 256 MB block.
         chat_template) echo "-dict=fuzz/jinja.dict -max_len=8192 -malloc_limit_mb=256" ;;
-        *) echo "-max_len=4096" ;;
+        # Structured input (a vocabulary builder, then text): longer inputs from the start.
+        tokenizer_vocab) echo "-max_len=4096 -len_control=0" ;;
+        tokenizer_encode) echo "-max_len=4096" ;;
+        *) ;;
     esac
 }
 
@@ -92,10 +98,11 @@ check_one() {
 
 summary() {
     local log=fuzz/logs/$1.log
-    local runs rate
+    local runs rate corp
     runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || true)
     rate=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$log" | grep -o '[0-9]*$' || true)
-    echo "== $1: ${runs:-?} runs, ${rate:-?} exec/s, corpus $(find "fuzz/corpus/$1" -type f | wc -l) files" >&2
+    corp=$(grep -o 'DONE .* corp: [0-9]*/[0-9a-zA-Z]*' "$log" | grep -o '[0-9]*/[0-9a-zA-Z]*$' || true)
+    echo "== $1: ${runs:-?} runs, ${rate:-?} exec/s, corpus ${corp:-?} (inputs/bytes)" >&2
 }
 
 case "$target" in
