@@ -123,7 +123,9 @@ pub fn plan_types(tensors: &[TensorShape], output: OutputType, n_gqa: usize) -> 
     let tied = !tensors.iter().any(|t| t.name == "output.weight");
     let n_attn_v = tensors.iter().filter(|t| is_quantizable(t) && role(t.name, tied) == Role::AttnV).count();
     let n_ffn_down = tensors.iter().filter(|t| is_quantizable(t) && role(t.name, tied) == Role::FfnDown).count();
-    let (mut i_attn_v, mut i_ffn_down) = (0, 0);
+    // llama.cpp counts these in layer order (its loader sorts tensors by layer), whatever
+    // the order in the file: the layer number in the name is that count.
+    let layer_of = |name: &str| name.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|n| n.parse::<usize>().ok()).unwrap_or(0);
     tensors
         .iter()
         .map(|t| {
@@ -140,8 +142,7 @@ pub fn plan_types(tensors: &[TensorShape], output: OutputType, n_gqa: usize) -> 
                 match r {
                     Role::Output => output_type(base, t.dims[0]),
                     Role::AttnV => {
-                        let i = i_attn_v;
-                        i_attn_v += 1;
+                        let i = layer_of(t.name);
                         match output {
                             OutputType::Q2KMix => if n_gqa >= 4 { DType::Q4_K } else { DType::Q3_K },
                             OutputType::Q4KM | OutputType::Q5KM if use_more_bits(i, n_attn_v) => DType::Q6_K,
@@ -149,8 +150,7 @@ pub fn plan_types(tensors: &[TensorShape], output: OutputType, n_gqa: usize) -> 
                         }
                     }
                     Role::FfnDown => {
-                        let i = i_ffn_down;
-                        i_ffn_down += 1;
+                        let i = layer_of(t.name);
                         match output {
                             OutputType::Q2KMix => DType::Q3_K,
                             OutputType::Q4KM | OutputType::Q5KM if use_more_bits(i, n_ffn_down) => DType::Q6_K,
