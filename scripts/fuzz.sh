@@ -9,8 +9,8 @@
 #                                     fuzz/regressions/<target>/ (a quick regression check)
 #   scripts/fuzz.sh list              the targets
 #
-# Targets (fuzz/fuzz_targets/): gguf_header, gguf_body, tokenizer_vocab, tokenizer_encode,
-# chat_template. tokenizer_encode uses models-cache/SmolLM2-135M-Instruct.Q4_1.gguf
+# Targets (fuzz/fuzz_targets/): gguf_header, gguf_body, safetensors_header, tokenizer_vocab,
+# tokenizer_encode, chat_template. tokenizer_encode uses models-cache/SmolLM2-135M-Instruct.Q4_1.gguf
 # (scripts/fetch-models.sh) or $RETORT_FUZZ_VOCAB when present.
 # Extra libFuzzer flags can follow the seconds: scripts/fuzz.sh gguf_body 60 -only_ascii=1.
 #
@@ -24,7 +24,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export RUSTC_BOOTSTRAP=1
 
-ALL_TARGETS=(gguf_header gguf_body tokenizer_vocab tokenizer_encode chat_template)
+ALL_TARGETS=(gguf_header gguf_body safetensors_header tokenizer_vocab tokenizer_encode chat_template)
 target=${1:-all}
 seconds=${2:-60}
 shift $(( $# > 2 ? 2 : $# ))
@@ -41,6 +41,7 @@ seeds_of() {
         gguf_header | gguf_body) echo fuzz/seeds/gguf ;;
         chat_template) echo fuzz/seeds/chat_template ;;
         tokenizer_encode) echo fuzz/seeds/text ;;
+        safetensors_header) echo fuzz/seeds/safetensors ;;
         *) ;;
     esac
 }
@@ -53,6 +54,7 @@ flags_of() {
         # Structured input (a vocabulary builder, then text): longer inputs from the start.
         tokenizer_vocab) echo "-max_len=4096 -len_control=0" ;;
         tokenizer_encode) echo "-max_len=4096" ;;
+        safetensors_header) echo "-dict=fuzz/safetensors.dict -max_len=4096" ;;
         *) ;;
     esac
 }
