@@ -22,6 +22,17 @@ struct Cli {
 enum Command {
     /// Generate text from a prompt.
     Run(RunArgs),
+    /// Convert a model to GGUF: re-quantize a GGUF file (like llama-quantize).
+    Convert {
+        input: PathBuf,
+        #[arg(short = 'o', long = "outfile")]
+        output: PathBuf,
+        /// f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, q4_k_m, q5_k_m, auto
+        #[arg(long = "type", default_value = "auto")]
+        output_type: String,
+        #[command(flatten)]
+        threads: Threads,
+    },
     /// Print the token ids of a text as a JSON array.
     Tokenize {
         model: PathBuf,
@@ -135,6 +146,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args),
+        Command::Convert { input, output, output_type, threads } => threads.get().and_then(|t| convert(input, output, &output_type, t)),
         Command::Tokenize { model, text, add_special } => tokenize(model, &text, add_special),
         Command::Inspect { model, json } => inspect(model, json),
         Command::Eval { model, tokens, logits_out, threads } => threads.get().and_then(|t| eval(model, &tokens, logits_out, t)),
@@ -208,6 +220,34 @@ fn run(args: RunArgs) -> Result<()> {
     if result.stop == StopReason::ContextFull {
         eprintln!("stopped: the context of {} positions is full", args.ctx);
     }
+    Ok(())
+}
+
+fn convert(input: PathBuf, output: PathBuf, output_type: &str, threads: usize) -> Result<()> {
+    use retort_convert::plan::OutputType;
+    let output_type = OutputType::parse(output_type)
+        .ok_or_else(|| Error::Usage(format!("unknown --type '{output_type}' (known: {})", OutputType::NAMES.join(", "))))?;
+    if input.is_dir() {
+        return Err(Error::Usage(format!("{}: converting Hugging Face folders is not available yet; give a .gguf file", input.display())));
+    }
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| Error::Usage(e.to_string()))?;
+    let start = std::time::Instant::now();
+    let written = pool
+        .install(|| retort_convert::from_gguf::requantize(&input, &output, output_type))
+        .map_err(|e| Error::Usage(e.to_string()))?;
+    let mut counts = std::collections::BTreeMap::new();
+    for (_, t) in &written {
+        *counts.entry(t.name()).or_insert(0) += 1;
+    }
+    let size = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
+    eprintln!(
+        "wrote {} ({:.1} MiB, {} tensors: {:?}) in {:.1} s",
+        output.display(),
+        size as f64 / (1 << 20) as f64,
+        written.len(),
+        counts,
+        start.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
