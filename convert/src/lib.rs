@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod error;
 pub mod from_gguf;
+pub mod from_hf;
 pub mod hf_tokenizer;
 pub mod plan;
 pub mod safetensors;

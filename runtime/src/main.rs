@@ -22,7 +22,7 @@ struct Cli {
 enum Command {
     /// Generate text from a prompt.
     Run(RunArgs),
-    /// Convert a model to GGUF: re-quantize a GGUF file (like llama-quantize).
+    /// Convert a Hugging Face checkpoint folder, or re-quantize a GGUF file (like llama-quantize), to GGUF.
     Convert {
         input: PathBuf,
         #[arg(short = 'o', long = "outfile")]
@@ -227,13 +227,16 @@ fn convert(input: PathBuf, output: PathBuf, output_type: &str, threads: usize) -
     use retort_convert::plan::OutputType;
     let output_type = OutputType::parse(output_type)
         .ok_or_else(|| Error::Usage(format!("unknown --type '{output_type}' (known: {})", OutputType::NAMES.join(", "))))?;
-    if input.is_dir() {
-        return Err(Error::Usage(format!("{}: converting Hugging Face folders is not available yet; give a .gguf file", input.display())));
-    }
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| Error::Usage(e.to_string()))?;
     let start = std::time::Instant::now();
     let written = pool
-        .install(|| retort_convert::from_gguf::requantize(&input, &output, output_type))
+        .install(|| {
+            if input.is_dir() {
+                retort_convert::from_hf::convert_checkpoint(&input, &output, output_type)
+            } else {
+                retort_convert::from_gguf::requantize(&input, &output, output_type)
+            }
+        })
         .map_err(|e| Error::Usage(e.to_string()))?;
     let mut counts = std::collections::BTreeMap::new();
     for (_, t) in &written {
