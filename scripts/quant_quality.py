@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-RETORT = ROOT / "target" / "release" / "retort"
+RETORT = Path(__import__("os").environ.get("RETORT_BIN", ROOT / "target" / "release" / "retort"))
 TYPES = ["f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q5_k", "q5_1", "q5_0", "q4_k_m", "q4_k", "q4_1", "q4_0", "q3_k", "q2_k"]
 LQ_ARGS = {"q3_k": ["--pure", "--token-embedding-type", "q8_0", "Q3_K_S"], "q4_k": ["--pure", "--token-embedding-type", "q8_0", "Q4_K_S"],
            "q5_k": ["--pure", "--token-embedding-type", "q8_0", "Q5_K_S"]}
