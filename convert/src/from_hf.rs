@@ -11,7 +11,7 @@ use crate::checkpoint::{Checkpoint, RopeScaling};
 use crate::error::{Error, Result};
 use crate::hf_tokenizer::tokenizer_metadata;
 use crate::plan::{plan_types, OutputType, TensorShape};
-use crate::safetensors::{StDType, TensorEntry};
+use crate::safetensors::{SafetensorsFile, StDType, TensorEntry};
 use crate::write::{write_gguf, TensorSource};
 
 /// `architectures[0]` of config.json -> GGUF `general.architecture`.
@@ -66,6 +66,8 @@ struct HfTensor<'c> {
     dims: Vec<u64>,
     dtype: DType,
     bytes: &'c [u8],
+    /// The checkpoint file and entry the bytes come from (None for tensors we compute).
+    origin: Option<(&'c SafetensorsFile, &'c TensorEntry)>,
     /// llama.cpp's converter reorders each head's q/k rows so that RoPE pairs neighbours
     /// (it rotates pairs (2i, 2i+1); Hugging Face's llama rotates (i, i + d/2)).
     permute_heads: Option<usize>,
@@ -104,6 +106,11 @@ impl TensorSource for HfTensor<'_> {
     }
     fn raw(&self) -> Option<&[u8]> {
         self.permute_heads.is_none().then_some(self.bytes)
+    }
+    fn release(&self) {
+        if let Some((file, entry)) = self.origin {
+            file.release(entry);
+        }
     }
 }
 
@@ -194,11 +201,11 @@ pub fn convert_checkpoint(dir: &Path, output: &Path, output_type: OutputType) ->
             }
             _ => None,
         };
-        sources.push(HfTensor { name, dims, dtype: shared_dtype(entry)?, bytes: file.data(entry), permute_heads });
+        sources.push(HfTensor { name, dims, dtype: shared_dtype(entry)?, bytes: file.data(entry), origin: Some((file, entry)), permute_heads });
     }
     let factors_bytes: Vec<u8> = rope_factors.iter().flatten().flat_map(|f: &f32| f.to_le_bytes()).collect();
     if let Some(f) = &rope_factors {
-        sources.push(HfTensor { name: "rope_freqs.weight".into(), dims: vec![f.len() as u64], dtype: DType::F32, bytes: &factors_bytes, permute_heads: None });
+        sources.push(HfTensor { name: "rope_freqs.weight".into(), dims: vec![f.len() as u64], dtype: DType::F32, bytes: &factors_bytes, origin: None, permute_heads: None });
     }
 
     let shapes: Vec<TensorShape> = sources.iter().map(|s| TensorShape { name: &s.name, dims: &s.dims, source: s.dtype }).collect();
@@ -238,7 +245,7 @@ mod tests {
     #[test]
     fn llama_rows_are_permuted_to_interleaved_pairs() {
         // One head of 4 rows: HF pairs (0,2),(1,3) must become GGUF rows 0,1 and 2,3.
-        let t = HfTensor { name: "q".into(), dims: vec![1, 8], dtype: DType::F32, bytes: &[], permute_heads: Some(2) };
+        let t = HfTensor { name: "q".into(), dims: vec![1, 8], dtype: DType::F32, bytes: &[], origin: None, permute_heads: Some(2) };
         let order: Vec<usize> = (0..8).map(|r| t.source_row(r)).collect();
         assert_eq!(order, vec![0, 2, 1, 3, 4, 6, 5, 7]);
     }

@@ -211,6 +211,19 @@ impl SafetensorsFile {
     }
 }
 
+impl SafetensorsFile {
+    /// Lets the OS drop the tensor's pages from this process (they are read again if used
+    /// again): a converter done with a tensor keeps its resident memory flat however large
+    /// the checkpoint.
+    pub fn release(&self, entry: &TensorEntry) {
+        let Some(map) = &self.map else { return };
+        let Some(start) = self.data_start.checked_add(entry.begin) else { return };
+        // SAFETY: the map is a read-only view of a file retort does not write; dropping its
+        // pages only means they are paged in again from the file on the next access.
+        let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, entry.n_bytes()) };
+    }
+}
+
 /// Runs the checks of [`SafetensorsFile::open`] on bytes in memory; returns the tensor
 /// count. Used by the fuzz target.
 pub fn validate_bytes(bytes: &[u8]) -> std::result::Result<usize, String> {

@@ -23,6 +23,8 @@ pub trait TensorSource: Sync {
     fn rows_f32(&self, first: usize, out: &mut [f32]) -> Result<()>;
     /// The stored bytes, when they are already in `dtype()` (enables exact copies).
     fn raw(&self) -> Option<&[u8]>;
+    /// Called once the tensor is written: a mapped source can give its pages back.
+    fn release(&self) {}
 }
 
 /// Rows quantized per parallel task: 256 rows of a 4k-wide layer are 4 MiB of f32.
@@ -83,7 +85,9 @@ pub fn write_gguf(path: &std::path::Path, metadata: Vec<(String, Value)>, tensor
     let mut failure: Option<Error> = None;
     let result = writer.write(path, |i, _, out| {
         let (source, target) = tensors[i];
-        match write_tensor(source, target, out, &mut progress) {
+        let written = write_tensor(source, target, out, &mut progress);
+        source.release();
+        match written {
             Ok(()) => Ok(()),
             Err(e) => {
                 let message = e.to_string();
