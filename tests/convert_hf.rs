@@ -557,10 +557,12 @@ fn killed_conversion_leaves_no_output() {
     let status = child.wait().unwrap();
     eprintln!("killed {} after {:?} ({status})", retort.display(), start.elapsed());
     assert!(!output.exists(), "{} exists after the conversion was killed", output.display());
-    let left: Vec<_> = std::fs::read_dir(out.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    if !left.is_empty() {
-        // SIGKILL gives the writer no chance to remove its temporary sibling.
-        eprintln!("note: left in the output folder: {left:?}");
-    }
+    let listing = || -> Vec<String> { std::fs::read_dir(out.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect() };
+    // SIGKILL gives the writer no chance to remove its temporary sibling; the next run replaces it.
+    let left = listing();
+    assert!(left.iter().all(|f| f == "big.gguf.retort-tmp"), "unexpected files after the kill: {left:?}");
     assert_eq!(snapshot(src.path()), before, "the source folder changed");
+    let status = std::process::Command::new(&retort).arg("convert").arg(src.path()).arg("-o").arg(&output).args(["--type", "q8_0"]).status().unwrap();
+    assert!(status.success());
+    assert_eq!(listing(), vec!["big.gguf".to_string()], "a complete run leaves exactly the output");
 }

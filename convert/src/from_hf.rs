@@ -220,20 +220,21 @@ pub fn convert_checkpoint(dir: &Path, output: &Path, output_type: OutputType) ->
 /// `rope_freqs.weight` (the runtime divides θ_i by factor_i): long wavelengths are slowed
 /// by `factor`, short ones kept, a smooth ramp between.
 fn llama3_rope_factors(theta: f64, n_rot: usize, factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_context: usize) -> Vec<f32> {
-    let (low_wavelen, high_wavelen) = (original_context as f64 / low_freq_factor, original_context as f64 / high_freq_factor);
+    // In f32, as transformers and llama.cpp's converter compute it, so the factors match theirs bit for bit.
+    let (theta, factor, low, high, context) = (theta as f32, factor as f32, low_freq_factor as f32, high_freq_factor as f32, original_context as f32);
+    let (low_wavelen, high_wavelen) = (context / low, context / high);
     (0..n_rot / 2)
         .map(|i| {
-            let freq = 1.0 / theta.powf((2 * i) as f64 / n_rot as f64);
-            let wavelen = 2.0 * std::f64::consts::PI / freq;
-            let f = if wavelen < high_wavelen {
+            let freq = 1.0 / theta.powf((2 * i) as f32 / n_rot as f32);
+            let wavelen = 2.0 * std::f32::consts::PI / freq;
+            if wavelen < high_wavelen {
                 1.0
             } else if wavelen > low_wavelen {
                 factor
             } else {
-                let smooth = (original_context as f64 / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                let smooth = (context / wavelen - low) / (high - low);
                 1.0 / ((1.0 - smooth) / factor + smooth)
-            };
-            f as f32
+            }
         })
         .collect()
 }

@@ -1,5 +1,7 @@
 //! Output files appear whole or not at all: written to a temporary sibling, synced, then
-//! renamed over the final name. An interrupted or failed write leaves no file behind.
+//! renamed over the final name. A failed write removes the temporary file; a killed
+//! process cannot, and leaves `NAME.retort-tmp`, which the next write to NAME replaces.
+//! Either way the final name never holds a partial file.
 
 use std::fs::File;
 use std::io::{self, BufWriter};
@@ -21,9 +23,10 @@ pub fn write_atomically(path: &Path, write: impl FnOnce(&mut BufWriter<File>) ->
     }
 }
 
-/// `model.gguf` -> `model.gguf.<pid>.tmp` in the same directory, so the rename is atomic.
+/// `model.gguf` -> `model.gguf.retort-tmp` in the same directory, so the rename is atomic.
+/// The name is fixed (not per process) so a killed run's leftover is reused, not piled up.
 fn temporary_sibling(path: &Path) -> PathBuf {
     let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(format!(".{}.tmp", std::process::id()));
+    name.push(".retort-tmp");
     path.with_file_name(name)
 }
