@@ -182,16 +182,21 @@ pub fn convert_checkpoint(dir: &Path, output: &Path, output_type: OutputType) ->
     metadata.push(("general.quantization_version".into(), Value::U32(2)));
     metadata.extend(tokenizer_metadata(dir, n_vocab)?);
 
+    let shape = Shape { hidden, n_ff: ckpt.usize_field("intermediate_size")?, q: n_head * head_dim, kv: n_head_kv * head_dim, head_dim, n_vocab };
     let mut sources: Vec<HfTensor> = Vec::new();
     for hf in ckpt.tensor_names() {
         let Some(name) = gguf_name(hf)? else { continue };
         if name == "output.weight" && tied {
+            log::debug!("{hf}: not written, the config ties it to the token embedding");
             continue;
         }
         let (file, entry) = ckpt.tensor(hf).expect("listed tensors exist");
         let dims: Vec<u64> = entry.shape.iter().rev().map(|&d| d as u64).collect();
-        if dims.is_empty() || dims.len() > 2 {
-            return Err(Error::Checkpoint(format!("tensor '{hf}' has shape {:?}: expected 1 or 2 dimensions", entry.shape)));
+        if let Some(expected) = expected_dims(&name, &shape) {
+            if dims != expected {
+                let hf_order: Vec<u64> = expected.iter().rev().copied().collect();
+                return Err(Error::Checkpoint(format!("tensor '{hf}' has shape {:?} but config.json implies {hf_order:?}", entry.shape)));
+            }
         }
         let permute_heads = match (arch, name.as_str()) {
             ("llama", n) if n.ends_with("attn_q.weight") => Some(n_head),
@@ -214,6 +219,36 @@ pub fn convert_checkpoint(dir: &Path, output: &Path, output_type: OutputType) ->
     log::info!("{} ({hf_arch}) -> {}: {} tensors", dir.display(), output.display(), plan.len());
     write_gguf(output, metadata, &plan)?;
     Ok(sources.iter().map(|s| s.name.clone()).zip(types).collect())
+}
+
+/// The widths config.json declares, to check every tensor against before writing.
+struct Shape {
+    hidden: usize,
+    n_ff: usize,
+    /// Rows of the query projection (heads × head size) and of the key/value projections.
+    q: usize,
+    kv: usize,
+    head_dim: usize,
+    n_vocab: usize,
+}
+
+/// ggml-order dims the GGUF tensor `name` must have (None for names not listed here).
+fn expected_dims(name: &str, s: &Shape) -> Option<Vec<u64>> {
+    let param = name.strip_prefix("blk.").and_then(|r| r.split_once('.')).map_or(name, |(_, p)| p);
+    let dims: &[usize] = match param {
+        "token_embd.weight" | "output.weight" => &[s.hidden, s.n_vocab],
+        "attn_norm.weight" | "ffn_norm.weight" | "output_norm.weight" => &[s.hidden],
+        "attn_q.weight" => &[s.hidden, s.q],
+        "attn_k.weight" | "attn_v.weight" => &[s.hidden, s.kv],
+        "attn_q.bias" => &[s.q],
+        "attn_k.bias" | "attn_v.bias" => &[s.kv],
+        "attn_output.weight" => &[s.q, s.hidden],
+        "attn_q_norm.weight" | "attn_k_norm.weight" => &[s.head_dim],
+        "ffn_gate.weight" | "ffn_up.weight" => &[s.hidden, s.n_ff],
+        "ffn_down.weight" => &[s.n_ff, s.hidden],
+        _ => return None,
+    };
+    Some(dims.iter().map(|&d| d as u64).collect())
 }
 
 /// Llama 3.1's frequency divisors, as llama.cpp's converter writes them to
@@ -258,6 +293,15 @@ mod tests {
         assert_eq!(gguf_name("model.layers.0.self_attn.rotary_emb.inv_freq").unwrap(), None);
         assert!(gguf_name("model.layers.x.mlp.down_proj.weight").is_err());
         assert!(gguf_name("vision_tower.patch_embed.weight").unwrap_err().to_string().contains("vision_tower.patch_embed.weight"));
+    }
+
+    #[test]
+    fn expected_dims_follow_the_config() {
+        let s = Shape { hidden: 64, n_ff: 128, q: 64, kv: 32, head_dim: 16, n_vocab: 300 };
+        assert_eq!(expected_dims("blk.3.attn_k.weight", &s), Some(vec![64, 32]));
+        assert_eq!(expected_dims("blk.0.ffn_down.weight", &s), Some(vec![128, 64]));
+        assert_eq!(expected_dims("token_embd.weight", &s), Some(vec![64, 300]));
+        assert_eq!(expected_dims("rope_freqs.weight", &s), None);
     }
 
     #[test]
