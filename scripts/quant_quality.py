@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Quantization quality on a real model: SmolLM2-135M-Instruct Q4_1 -> f32 (the truth we
+"""Quantization quality on a real model (needs numpy): SmolLM2-135M-Instruct Q4_1 -> f32 (the truth we
 have) -> each output type with `retort convert`; for each file the perplexity on GPL-3
 (-c 512, llama.cpp's protocol) and the mean KL(f32 || quantized) over the first 256 tokens
 of GPL-3, both computed by retort's exact (f32) runtime. Prints a markdown table.
 
-    python3 scripts/quant_quality.py [--threads 2] [--types q4_0,q4_k_m,...] [--llama-quantize PATH]
+    /work/venv-ref/bin/python scripts/quant_quality.py [--threads 2] [--types q4_0,q4_k_m,...] [--llama-quantize PATH]
 
 With --llama-quantize, the same types are also made by llama-quantize from the same f32
 file and measured the same way (tests/convert_matches_llama_quantize.rs shows the files
