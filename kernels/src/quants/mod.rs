@@ -12,6 +12,25 @@
 
 use half::f16;
 
+/// The three row functions the dtype table points at (`to_f32`, `from_f32`, `dot_f32`),
+/// made from a block type's `dequantize_block` and `quantize_block`: every block type gets
+/// them the same way, so they are written once.
+macro_rules! row_functions {
+    () => {
+        pub fn to_f32(src: &[u8], dst: &mut [f32]) {
+            $crate::quants::dequantize_row(src, dst, dequantize_block)
+        }
+
+        pub fn from_f32(src: &[f32], dst: &mut [u8]) {
+            $crate::quants::quantize_row(src, dst, quantize_block)
+        }
+
+        pub fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
+            $crate::quants::dot_row(row, x, dequantize_block)
+        }
+    };
+}
+
 pub mod float;
 pub mod k_quants;
 pub mod q4_0;

@@ -39,14 +39,4 @@ pub fn quantize_block(x: &[f32; QK], out: &mut [u8; BLOCK_BYTES]) {
     out[2..6].copy_from_slice(&qh.to_le_bytes());
 }
 
-pub fn to_f32(src: &[u8], dst: &mut [f32]) {
-    super::dequantize_row(src, dst, dequantize_block)
-}
-
-pub fn from_f32(src: &[f32], dst: &mut [u8]) {
-    super::quantize_row(src, dst, quantize_block)
-}
-
-pub fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
-    super::dot_row(row, x, dequantize_block)
-}
+row_functions!();

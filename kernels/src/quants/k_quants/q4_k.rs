@@ -40,14 +40,4 @@ pub fn quantize_block(x: &[f32; QK_K], out: &mut [u8; BLOCK_BYTES]) {
     }
 }
 
-pub fn to_f32(src: &[u8], dst: &mut [f32]) {
-    crate::quants::dequantize_row(src, dst, dequantize_block)
-}
-
-pub fn from_f32(src: &[f32], dst: &mut [u8]) {
-    crate::quants::quantize_row(src, dst, quantize_block)
-}
-
-pub fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
-    crate::quants::dot_row(row, x, dequantize_block)
-}
+row_functions!();
