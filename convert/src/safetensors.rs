@@ -16,7 +16,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::fs::File;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
@@ -160,18 +159,7 @@ impl SafetensorsFile {
     /// Maps the file and checks its header and every tensor's place in the data.
     pub fn open(path: impl AsRef<Path>) -> Result<SafetensorsFile> {
         let path = path.as_ref().to_path_buf();
-        let io_err = |source| Error::Io { path: path.clone(), source };
-        let file = File::open(&path).map_err(io_err)?;
-        let len = file.metadata().map_err(io_err)?.len();
-        // mmap of an empty file fails on some systems; an empty file is simply too short.
-        let map = if len == 0 {
-            None
-        } else {
-            // SAFETY: the map is read-only and retort never writes the files it converts. If
-            // another process truncates the file while it is mapped, reads may fault (SIGBUS):
-            // the contract of every mmap-based loader, the GGUF reader's included.
-            Some(unsafe { Mmap::map(&file) }.map_err(io_err)?)
-        };
+        let map = retort_models::mapped_file::map_read_only(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
         let header = parse_header(map.as_deref().unwrap_or(&[]))
             .map_err(|message| Error::Safetensors { path: path.clone(), message })?;
         let index = header.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();

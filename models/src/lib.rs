@@ -6,6 +6,7 @@ pub mod gguf;
 pub mod graph;
 pub mod hparams;
 pub mod llama;
+pub mod mapped_file;
 
 pub use error::{Error, Result};
 pub use hparams::{Arch, HParams};

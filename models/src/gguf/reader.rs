@@ -4,7 +4,6 @@
 //! hold that many items.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -50,18 +49,7 @@ impl GgufFile {
     /// [`GgufFile::tensor_data`] still checks each range before returning it.
     pub fn open_header(path: impl AsRef<Path>) -> Result<GgufFile> {
         let path = path.as_ref().to_path_buf();
-        let io_err = |source| Error::Io { path: path.clone(), source };
-        let file = File::open(&path).map_err(io_err)?;
-        let len = file.metadata().map_err(io_err)?.len();
-        // mmap of an empty file fails on some systems; an empty file is simply truncated.
-        let map = if len == 0 {
-            None
-        } else {
-            // SAFETY: the map is read-only; retort never writes the files it maps. If another
-            // process truncates the file while mapped, reads may fault (SIGBUS) — the same
-            // contract every mmap-based loader (llama.cpp included) has.
-            Some(unsafe { Mmap::map(&file) }.map_err(io_err)?)
-        };
+        let map = crate::mapped_file::map_read_only(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
         let bytes: &[u8] = map.as_deref().unwrap_or(&[]);
         let header = parse_header(bytes).map_err(|message| Error::Format { path: path.clone(), message })?;
         let metadata_index = header.metadata.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect();
