@@ -33,6 +33,7 @@ const ROWS_PER_TASK: usize = 256;
 pub struct Progress {
     enabled: bool,
     start: Instant,
+    last_draw: Option<Instant>,
     total_bytes: u64,
     done_bytes: u64,
     total_tensors: usize,
@@ -43,15 +44,19 @@ impl Progress {
     /// Draws on stderr only when stdout is a terminal (quiet in scripts and pipes).
     pub fn new(total_tensors: usize, total_bytes: u64) -> Progress {
         use std::io::IsTerminal;
-        Progress { enabled: std::io::stdout().is_terminal(), start: Instant::now(), total_bytes, done_bytes: 0, total_tensors, done_tensors: 0 }
+        Progress { enabled: std::io::stdout().is_terminal(), start: Instant::now(), last_draw: None, total_bytes, done_bytes: 0, total_tensors, done_tensors: 0 }
     }
 
     fn advance(&mut self, bytes: u64, tensor_done: bool) {
         self.done_bytes += bytes;
         self.done_tensors += tensor_done as usize;
-        if !self.enabled {
+        let finished = self.done_tensors == self.total_tensors;
+        // A few redraws a second are enough for the eye and cost nothing.
+        let due = self.last_draw.is_none_or(|t| t.elapsed().as_millis() >= 200);
+        if !self.enabled || !(due || finished) {
             return;
         }
+        self.last_draw = Some(Instant::now());
         let secs = self.start.elapsed().as_secs_f64().max(1e-3);
         let rate = self.done_bytes as f64 / secs;
         let eta = (self.total_bytes.saturating_sub(self.done_bytes)) as f64 / rate.max(1.0);
@@ -64,7 +69,7 @@ impl Progress {
             rate / 1e6,
             eta
         );
-        if self.done_tensors == self.total_tensors {
+        if finished {
             eprintln!();
         }
     }
