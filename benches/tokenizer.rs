@@ -1,20 +1,14 @@
 //! Criterion bench of tokenization on the real SmolLM2 vocabulary: a repeated English
 //! paragraph (piece cache warm) and text of never-seen words (cold).
 
-use std::path::PathBuf;
-
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use retort::models::gguf::GgufFile;
 use retort::runtime::model::vocabulary_from_gguf;
 use retort::runtime::tokenizer::Tokenizer;
 
 fn tokenize(c: &mut Criterion) {
-    let dir = std::env::var_os("RETORT_MODELS_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models-cache"));
-    let path = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    let Ok(file) = GgufFile::open_header(&path) else {
-        eprintln!("SKIPPED: {} not found (run scripts/fetch-models.sh)", path.display());
-        return;
-    };
+    let Some(path) = retort::models::real_models::real_model("SmolLM2-135M-Instruct.Q4_1.gguf") else { return };
+    let file = GgufFile::open_header(&path).unwrap();
     let tok = Tokenizer::new(vocabulary_from_gguf(&file).unwrap()).unwrap();
     let english = "The tokenizer splits text into pieces, merges bytes by rank and caches every piece it has \
         seen; it's meant to be fast. In 2024, 1,234 people wrote 56,789 lines of code!\n"

@@ -20,13 +20,7 @@ fn fnv1a64(data: &[u8]) -> String {
 #[test]
 fn every_output_type_is_byte_identical_to_llama_quantize() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let dir = std::env::var_os("RETORT_MODELS_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("models-cache"));
-    let source = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !source.exists() {
-        assert!(std::env::var_os("RETORT_REQUIRE_MODELS").is_none(), "{} is missing", source.display());
-        eprintln!("SKIPPED: {} not found", source.display());
-        return;
-    }
+    let Some(source) = retort::models::real_models::real_model("SmolLM2-135M-Instruct.Q4_1.gguf") else { return };
     let reference: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(root.join("tests/fixtures/llama_cpp/quantize_hashes.json")).unwrap()).unwrap();
     let tmp = std::env::temp_dir().join(format!("retort-convert-{}", std::process::id()));

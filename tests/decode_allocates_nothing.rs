@@ -2,7 +2,6 @@
 //! executor performs no heap allocation at all. Counted by a global allocator wrapper.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use retort::runtime::Model;
@@ -30,13 +29,7 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn steady_state_decode_does_not_allocate() {
-    let dir = std::env::var_os("RETORT_MODELS_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models-cache"));
-    let path = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !path.exists() {
-        assert!(std::env::var_os("RETORT_REQUIRE_MODELS").is_none(), "{} is missing", path.display());
-        eprintln!("SKIPPED: {} not found", path.display());
-        return;
-    }
+    let Some(path) = retort::models::real_models::real_model("SmolLM2-135M-Instruct.Q4_1.gguf") else { return };
     let model = Model::load(path).unwrap();
     let mut exec = model.executor(64, 16, false, 2).unwrap();
     exec.forward(&[504, 3575, 282, 4649, 314], 0, false).unwrap();

@@ -17,16 +17,8 @@ fn fixture(path: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(repo().join(path)).unwrap()).unwrap()
 }
 
-/// The model, or None (skipped loudly) when absent and RETORT_REQUIRE_MODELS is unset.
 fn smollm2() -> Option<Model> {
-    let dir = std::env::var_os("RETORT_MODELS_DIR").map(PathBuf::from).unwrap_or_else(|| repo().join("models-cache"));
-    let path = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !path.exists() {
-        assert!(std::env::var_os("RETORT_REQUIRE_MODELS").is_none(), "{} is missing: run scripts/fetch-models.sh", path.display());
-        eprintln!("SKIPPED: {} not found (run scripts/fetch-models.sh)", path.display());
-        return None;
-    }
-    Some(Model::load(path).unwrap())
+    retort::models::real_models::real_model("SmolLM2-135M-Instruct.Q4_1.gguf").map(|p| Model::load(p).unwrap())
 }
 
 fn ids(v: &Value) -> Vec<u32> {

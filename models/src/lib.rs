@@ -7,6 +7,7 @@ pub mod graph;
 pub mod hparams;
 pub mod llama;
 pub mod mapped_file;
+pub mod real_models;
 
 pub use error::{Error, Result};
 pub use hparams::{Arch, HParams};

@@ -1,24 +1,10 @@
 //! The real model files from scripts/fetch-models.sh: SmolLM2 opens and builds; the
 //! truncated R1-distill chunk fails naming the first tensor whose data is missing.
 
-use std::path::PathBuf;
-
 use retort_models::gguf::GgufFile;
 use retort_models::HParams;
 
-/// The model file, or None (test skipped loudly) when it is absent and not required.
-fn model_file(name: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("RETORT_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models-cache"));
-    let path = dir.join(name);
-    if path.exists() {
-        return Some(path);
-    }
-    assert!(std::env::var_os("RETORT_REQUIRE_MODELS").is_none(), "{} is missing: run scripts/fetch-models.sh", path.display());
-    eprintln!("SKIPPED: {} not found (run scripts/fetch-models.sh)", path.display());
-    None
-}
+use retort_models::real_models::real_model as model_file;
 
 #[test]
 fn smollm2_opens_with_the_documented_hyperparameters() {

@@ -4,22 +4,7 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-fn models_dir() -> PathBuf {
-    std::env::var_os("RETORT_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models-cache"))
-}
-
-/// The model path, or None (skipped loudly) when absent and RETORT_REQUIRE_MODELS is unset.
-fn model(name: &str) -> Option<PathBuf> {
-    let path = models_dir().join(name);
-    if path.exists() {
-        return Some(path);
-    }
-    assert!(std::env::var_os("RETORT_REQUIRE_MODELS").is_none(), "{} is missing: run scripts/fetch-models.sh", path.display());
-    eprintln!("SKIPPED: {} not found", path.display());
-    None
-}
+use retort_models::real_models::real_model as model;
 
 fn smollm2() -> Option<PathBuf> {
     model("SmolLM2-135M-Instruct.Q4_1.gguf")

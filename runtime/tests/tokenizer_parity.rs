@@ -12,7 +12,6 @@
 //! $RETORT_REQUIRE_MODELS is set. $RETORT_TOKENIZER_FIXTURES points at another fixture
 //! directory (e.g. a large random set made with the script's `--out`/`--random`).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use retort_models::gguf::{GgufFile, GgufWriter};
@@ -27,10 +26,6 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("runtime/ has a parent").to_path_buf()
 }
 
-fn models_dir() -> PathBuf {
-    std::env::var_os("RETORT_MODELS_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("models-cache"))
-}
-
 fn fixtures_dir() -> PathBuf {
     std::env::var_os("RETORT_TOKENIZER_FIXTURES")
         .map(PathBuf::from)
@@ -40,19 +35,7 @@ fn fixtures_dir() -> PathBuf {
 /// The vocabulary of a model file, or None (after a loud message) when the file is absent
 /// and models are not required.
 fn vocabulary(file: &str) -> Option<Vocabulary> {
-    let path = models_dir().join(file);
-    if !path.exists() {
-        if std::env::var_os("RETORT_REQUIRE_MODELS").is_some() {
-            panic!("{} is missing and RETORT_REQUIRE_MODELS is set (run scripts/fetch-models.sh)", path.display());
-        }
-        // Straight to stderr, past the test harness's output capture, so that it is seen.
-        let _ = writeln!(
-            std::io::stderr(),
-            "\n*** SKIPPED: {} not found; run scripts/fetch-models.sh (or set RETORT_MODELS_DIR) ***\n",
-            path.display()
-        );
-        return None;
-    }
+    let path = retort_models::real_models::real_model(file)?;
     // The R1 file is a truncated download: its header is whole but its tensors are not, so
     // the vocabulary is read from a header-only GGUF written from it (which also puts the
     // writer through 152k real token strings and merges).
