@@ -11,7 +11,7 @@ use crate::checkpoint::{Checkpoint, RopeScaling};
 use crate::error::{Error, Result};
 use crate::hf_tokenizer::tokenizer_metadata;
 use crate::plan::{plan_types, OutputType, TensorShape};
-use crate::safetensors::{SafetensorsFile, StDType, TensorEntry};
+use crate::safetensors::{f8_e4m3fn_to_f32, SafetensorsFile, StDType, TensorEntry};
 use crate::write::{write_gguf, TensorSource};
 
 /// `architectures[0]` of config.json -> GGUF `general.architecture`.
@@ -37,7 +37,8 @@ const LAYER_TENSORS: &[(&str, &str)] = &[
 
 /// The GGUF name of an HF tensor; None for tensors that are not written (rotary caches).
 fn gguf_name(hf: &str) -> Result<Option<String>> {
-    if hf.ends_with("rotary_emb.inv_freq") {
+    // Rotary caches are recomputed; FP8 block scales are folded into their weight.
+    if hf.ends_with("rotary_emb.inv_freq") || hf.ends_with("weight_scale_inv") {
         return Ok(None);
     }
     let name = match hf {
@@ -66,11 +67,22 @@ struct HfTensor<'c> {
     dims: Vec<u64>,
     dtype: DType,
     bytes: &'c [u8],
+    /// FP8 (e4m3) weights: their block scales; the values are fp8 × scale.
+    fp8: Option<Fp8Scales>,
     /// The checkpoint file and entry the bytes come from (None for tensors we compute).
     origin: Option<(&'c SafetensorsFile, &'c TensorEntry)>,
     /// llama.cpp's converter reorders each head's q/k rows so that RoPE pairs neighbours
     /// (it rotates pairs (2i, 2i+1); Hugging Face's llama rotates (i, i + d/2)).
     permute_heads: Option<usize>,
+}
+
+/// DeepSeek-style block scales of an FP8 weight: one f32 per `block_rows × block_cols`
+/// block (`weight_scale_inv`, row-major, last blocks possibly partial).
+struct Fp8Scales {
+    scales: Vec<f32>,
+    block_rows: usize,
+    block_cols: usize,
+    blocks_per_row: usize,
 }
 
 impl HfTensor<'_> {
@@ -97,15 +109,25 @@ impl TensorSource for HfTensor<'_> {
     }
     fn rows_f32(&self, first: usize, out: &mut [f32]) -> Result<()> {
         let row_len = self.dims[0] as usize;
-        let row_bytes = row_len * self.dtype.type_size();
         for (i, dst) in out.chunks_exact_mut(row_len).enumerate() {
             let src = self.source_row(first + i);
-            (self.dtype.traits().to_f32)(&self.bytes[src * row_bytes..(src + 1) * row_bytes], dst);
+            match &self.fp8 {
+                None => {
+                    let row_bytes = row_len * self.dtype.type_size();
+                    (self.dtype.traits().to_f32)(&self.bytes[src * row_bytes..(src + 1) * row_bytes], dst);
+                }
+                Some(f) => {
+                    let scales = &f.scales[src / f.block_rows * f.blocks_per_row..][..f.blocks_per_row];
+                    for (c, (d, &b)) in dst.iter_mut().zip(&self.bytes[src * row_len..(src + 1) * row_len]).enumerate() {
+                        *d = f8_e4m3fn_to_f32(b) * scales[c / f.block_cols];
+                    }
+                }
+            }
         }
         Ok(())
     }
     fn raw(&self) -> Option<&[u8]> {
-        self.permute_heads.is_none().then_some(self.bytes)
+        (self.permute_heads.is_none() && self.fp8.is_none()).then_some(self.bytes)
     }
     fn release(&self) {
         if let Some((file, entry)) = self.origin {
@@ -121,7 +143,7 @@ fn shared_dtype(entry: &TensorEntry) -> Result<DType> {
         StDType::F16 => Ok(DType::F16),
         StDType::BF16 => Ok(DType::BF16),
         other => Err(Error::Checkpoint(format!(
-            "tensor '{}' is {}: only F32, F16 and BF16 checkpoints convert for now (FP8 block weights come with DeepSeek V3)",
+            "tensor '{}' is {}: checkpoints convert from F32, F16, BF16 and F8_E4M3 with block scales",
             entry.name,
             other.name()
         ))),
@@ -206,11 +228,15 @@ pub fn convert_checkpoint(dir: &Path, output: &Path, output_type: OutputType) ->
             }
             _ => None,
         };
-        sources.push(HfTensor { name, dims, dtype: shared_dtype(entry)?, bytes: file.data(entry), origin: Some((file, entry)), permute_heads });
+        let (dtype, fp8) = match entry.dtype {
+            StDType::F8E4M3 => (DType::BF16, Some(fp8_scales(&ckpt, hf, entry)?)),
+            _ => (shared_dtype(entry)?, None),
+        };
+        sources.push(HfTensor { name, dims, dtype, bytes: file.data(entry), fp8, origin: Some((file, entry)), permute_heads });
     }
     let factors_bytes: Vec<u8> = rope_factors.iter().flatten().flat_map(|f: &f32| f.to_le_bytes()).collect();
     if let Some(f) = &rope_factors {
-        sources.push(HfTensor { name: "rope_freqs.weight".into(), dims: vec![f.len() as u64], dtype: DType::F32, bytes: &factors_bytes, origin: None, permute_heads: None });
+        sources.push(HfTensor { name: "rope_freqs.weight".into(), dims: vec![f.len() as u64], dtype: DType::F32, bytes: &factors_bytes, fp8: None, origin: None, permute_heads: None });
     }
 
     let shapes: Vec<TensorShape> = sources.iter().map(|s| TensorShape { name: &s.name, dims: &s.dims, source: s.dtype }).collect();
@@ -219,6 +245,27 @@ pub fn convert_checkpoint(dir: &Path, output: &Path, output_type: OutputType) ->
     log::info!("{} ({hf_arch}) -> {}: {} tensors", dir.display(), output.display(), plan.len());
     write_gguf(output, metadata, &plan)?;
     Ok(sources.iter().map(|s| s.name.clone()).zip(types).collect())
+}
+
+/// The block scales of FP8 weight `hf` (its `weight_scale_inv`), checked against its shape.
+/// An FP8 weight becomes f32 values (fp8 × scale), then whatever type the plan gives it;
+/// `--type auto` keeps it as BF16.
+fn fp8_scales(ckpt: &Checkpoint, hf: &str, entry: &TensorEntry) -> Result<Fp8Scales> {
+    let bad = |why: String| Error::Checkpoint(format!("FP8 tensor '{hf}': {why}"));
+    let &[rows, cols] = entry.shape.as_slice() else { return Err(bad(format!("shape {:?} is not 2-D", entry.shape))) };
+    let scale_name = format!("{hf}_scale_inv");
+    let (file, scale) = ckpt.tensor(&scale_name).ok_or_else(|| bad(format!("no '{scale_name}' block scales")))?;
+    let &[scale_rows, scale_cols] = scale.shape.as_slice() else { return Err(bad(format!("'{scale_name}' is not 2-D"))) };
+    // DeepSeek V3/R1 and Qwen3-FP8 use 128 x 128 blocks (quantization_config.weight_block_size).
+    let block = ckpt.config.pointer("/quantization_config/weight_block_size").and_then(|v| v.as_array()).map_or(vec![128, 128], |a| {
+        a.iter().filter_map(|x| x.as_u64()).map(|x| x as usize).collect()
+    });
+    let [block_rows, block_cols] = block[..] else { return Err(bad(format!("weight_block_size {block:?} is not two numbers"))) };
+    if block_rows == 0 || block_cols == 0 || rows.div_ceil(block_rows) != scale_rows || cols.div_ceil(block_cols) != scale_cols {
+        return Err(bad(format!("scales {:?} do not cover {rows}x{cols} in {block_rows}x{block_cols} blocks", scale.shape)));
+    }
+    let scales = crate::safetensors::to_f32(scale, file.data(scale), None)?;
+    Ok(Fp8Scales { scales, block_rows, block_cols, blocks_per_row: scale_cols })
 }
 
 /// The widths config.json declares, to check every tensor against before writing.
@@ -281,7 +328,7 @@ mod tests {
     #[test]
     fn llama_rows_are_permuted_to_interleaved_pairs() {
         // One head of 4 rows: HF pairs (0,2),(1,3) must become GGUF rows 0,1 and 2,3.
-        let t = HfTensor { name: "q".into(), dims: vec![1, 8], dtype: DType::F32, bytes: &[], origin: None, permute_heads: Some(2) };
+        let t = HfTensor { name: "q".into(), dims: vec![1, 8], dtype: DType::F32, bytes: &[], fp8: None, origin: None, permute_heads: Some(2) };
         let order: Vec<usize> = (0..8).map(|r| t.source_row(r)).collect();
         assert_eq!(order, vec![0, 2, 1, 3, 4, 6, 5, 7]);
     }
@@ -293,6 +340,24 @@ mod tests {
         assert_eq!(gguf_name("model.layers.0.self_attn.rotary_emb.inv_freq").unwrap(), None);
         assert!(gguf_name("model.layers.x.mlp.down_proj.weight").is_err());
         assert!(gguf_name("vision_tower.patch_embed.weight").unwrap_err().to_string().contains("vision_tower.patch_embed.weight"));
+    }
+
+    /// FP8 rows decoded here equal the safetensors reader's whole-tensor decoding with the
+    /// same block scales (itself checked against torch), partial blocks included.
+    #[test]
+    fn fp8_rows_match_the_reader_with_block_scales() {
+        let (rows, cols, block) = (130usize, 260usize, 128usize);
+        let bytes: Vec<u8> = (0..rows * cols).map(|i| ((i * 37 + 11) % 256) as u8 & 0xF7).collect(); // no NaN patterns
+        let (srows, scols) = (rows.div_ceil(block), cols.div_ceil(block));
+        let scales: Vec<f32> = (0..srows * scols).map(|i| 0.5 + i as f32 * 0.25).collect();
+        let entry = TensorEntry { name: "w".into(), dtype: StDType::F8E4M3, shape: vec![rows, cols], begin: 0, end: rows * cols };
+        let expected = crate::safetensors::to_f32(&entry, &bytes, Some((&scales, block, block))).unwrap();
+        let fp8 = Some(Fp8Scales { scales: scales.clone(), block_rows: block, block_cols: block, blocks_per_row: scols });
+        let t = HfTensor { name: "w".into(), dims: vec![cols as u64, rows as u64], dtype: DType::BF16, bytes: &bytes, fp8, origin: None, permute_heads: None };
+        let mut got = vec![0f32; rows * cols];
+        t.rows_f32(0, &mut got).unwrap();
+        assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), expected.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        assert!(t.raw().is_none(), "fp8 bytes are never copied as they are");
     }
 
     #[test]
