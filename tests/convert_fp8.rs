@@ -2,20 +2,15 @@
 //! DeepSeek V3/R1 and Qwen3-FP8 ship): converting to f32 must give exactly torch's
 //! dequantization, fp8.float() * scale (fingerprints made by scripts/reference/fp8_fixture.py).
 
+mod common;
+
 use std::path::PathBuf;
 
 use retort::convert::from_hf::convert_checkpoint;
 use retort::convert::plan::OutputType;
 use retort::kernels::DType;
 use retort::models::gguf::GgufFile;
-
-fn fnv1a64(data: &[u8]) -> String {
-    let mut h: u64 = 0xCBF2_9CE4_8422_2325;
-    for &b in data {
-        h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01B3);
-    }
-    format!("{h:016x}")
-}
+use common::fnv1a64;
 
 #[test]
 fn fp8_weights_dequantize_exactly_as_torch_does() {

@@ -27,6 +27,8 @@
 //! retort's logits on it (`<variant>.<type>.retort.npy`) for
 //! `scripts/reference/hf_fixtures.py --check-llama-cpp DIR`.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -37,6 +39,7 @@ use retort::convert::plan::OutputType;
 use retort::kernels::DType;
 use retort::runtime::{generate, Model};
 use serde_json::Value;
+use common::{assert_no_failures, compare, mean_kl, read_npy};
 
 const REL_TOL: f32 = 1e-4;
 
@@ -101,21 +104,6 @@ fn copy_folder(from: &Path, to: &Path) {
 }
 
 // ---- .npy -----------------------------------------------------------------------------------
-
-/// A C-order little-endian float32 `.npy` (format 1.0) matrix: (rows, cols, data).
-fn read_npy(path: &Path) -> (usize, usize, Vec<f32>) {
-    let bytes = std::fs::read(path).unwrap();
-    assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00", "{}: not a format 1.0 .npy", path.display());
-    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-    let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
-    assert!(header.contains("'descr': '<f4'") && header.contains("'fortran_order': False"), "{header}");
-    let shape = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
-    let dims: Vec<usize> = shape.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.parse().unwrap()).collect();
-    assert_eq!(dims.len(), 2, "{header}");
-    let data: Vec<f32> = bytes[10 + header_len..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
-    assert_eq!(data.len(), dims[0] * dims[1]);
-    (dims[0], dims[1], data)
-}
 
 fn write_npy(path: &Path, rows: usize, cols: usize, data: &[f32]) {
     let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
@@ -200,42 +188,6 @@ fn run(v: &Variant, c: &Converted, ty: &str) -> (Model, Vec<f32>) {
     (model, logits)
 }
 
-fn argmax(row: &[f32]) -> usize {
-    row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0
-}
-
-/// max|ours - ref| / max|ref|, and the positions whose arg-max differs.
-fn compare(ours: &[f32], reference: &[f32], vocab: usize) -> (f32, Vec<usize>) {
-    assert_eq!(ours.len(), reference.len());
-    let ref_max = reference.iter().fold(0f32, |m, x| m.max(x.abs()));
-    let err = ours.iter().zip(reference).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    let disagree = ours.chunks_exact(vocab).zip(reference.chunks_exact(vocab)).enumerate().filter(|(_, (a, b))| argmax(a) != argmax(b)).map(|(t, _)| t).collect();
-    (err / ref_max, disagree)
-}
-
-/// Mean over positions of KL(softmax(reference) ‖ softmax(ours)), in f64.
-fn mean_kl(ours: &[f32], reference: &[f32], vocab: usize) -> f64 {
-    let log_softmax = |row: &[f32]| -> Vec<f64> {
-        let max = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
-        let sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
-        row.iter().map(|&x| x as f64 - max - sum.ln()).collect()
-    };
-    let rows = reference.len() / vocab;
-    let total: f64 = ours
-        .chunks_exact(vocab)
-        .zip(reference.chunks_exact(vocab))
-        .map(|(q, p)| {
-            let (lq, lp) = (log_softmax(q), log_softmax(p));
-            lp.iter().zip(&lq).map(|(a, b)| a.exp() * (a - b)).sum::<f64>()
-        })
-        .sum();
-    total / rows as f64
-}
-
-fn assert_no_failures(failures: Vec<String>) {
-    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
-}
-
 // ---- logits ---------------------------------------------------------------------------------
 
 /// At f32, the converted file computes transformers' logits (bf16 checkpoint: the bf16
@@ -258,7 +210,7 @@ fn f32_matches_transformers() {
         );
         assert_eq!(model.file.tensor("output.weight").is_none(), v.entry["tied_embeddings"].as_bool().unwrap(), "{}", v.name);
         assert_eq!(model.file.tensor("rope_freqs.weight").is_some(), v.entry["rope_type"] == "llama3", "{}", v.name);
-        let (rel, disagree) = compare(&logits, &v.reference, v.vocab);
+        let (rel, disagree) = compare(&logits, &v.reference, v.vocab, 0..v.reference.len() / v.vocab);
         eprintln!("{:>12} f32: max |ours - ref| / max|ref| = {rel:.2e}", v.name);
         if !(rel <= REL_TOL) || !disagree.is_empty() {
             failures.push(format!("{} f32: relative error {rel:.3e} (bar {REL_TOL:e}), arg-max differs at {disagree:?}", v.name));
@@ -275,7 +227,7 @@ fn f16_bf16_q8_0_keep_the_argmax() {
         for ty in ["f16", "bf16", "q8_0"] {
             let c = convert(&v, ty);
             let (_, logits) = run(&v, &c, ty);
-            let (rel, disagree) = compare(&logits, &v.reference, v.vocab);
+            let (rel, disagree) = compare(&logits, &v.reference, v.vocab, 0..v.reference.len() / v.vocab);
             let kl = mean_kl(&logits, &v.reference, v.vocab);
             eprintln!("{:>12} {ty:>4}: max |ours - ref| / max|ref| = {rel:.2e}, mean KL {kl:.2e}", v.name);
             if !disagree.is_empty() {
@@ -298,7 +250,7 @@ fn q4_0_and_q4_k_m_kl_within_llama_cpp_bounds() {
             let c = convert(&v, ty);
             let (_, logits) = run(&v, &c, ty);
             let kl = mean_kl(&logits, &v.reference, v.vocab);
-            let (_, disagree) = compare(&logits, &v.reference, v.vocab);
+            let (_, disagree) = compare(&logits, &v.reference, v.vocab, 0..v.reference.len() / v.vocab);
             let mut counts = BTreeMap::new();
             for (_, t) in &c.types {
                 *counts.entry(t.name()).or_insert(0) += 1;

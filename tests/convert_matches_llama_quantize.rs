@@ -3,19 +3,14 @@
 //! tensor data (its reference quantizers). The fingerprints were made by
 //! scripts/reference/llama_quantize_hashes.py from llama-quantize's own output files.
 
+mod common;
+
 use std::path::PathBuf;
 
 use retort::models::gguf::GgufFile;
 use retort::convert::from_gguf::requantize;
 use retort::convert::plan::OutputType;
-
-fn fnv1a64(data: &[u8]) -> String {
-    let mut h: u64 = 0xCBF2_9CE4_8422_2325;
-    for &b in data {
-        h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01B3);
-    }
-    format!("{h:016x}")
-}
+use common::fnv1a64;
 
 #[test]
 fn every_output_type_is_byte_identical_to_llama_quantize() {

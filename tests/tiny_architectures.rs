@@ -9,12 +9,15 @@
 //! the same arg-max everywhere; for one batch, for two batches (the second attending to the
 //! first through the KV cache), and for token-by-token decoding.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 
 use retort::models::Arch;
 use retort::runtime::generate;
 use retort::runtime::Model;
 use serde_json::Value;
+use common::{assert_no_failures, compare, read_npy};
 
 const REL_TOL: f32 = 1e-4;
 
@@ -28,21 +31,6 @@ fn manifest() -> Value {
 
 fn variants() -> Vec<Value> {
     manifest()["variants"].as_array().unwrap().clone()
-}
-
-/// A C-order little-endian float32 `.npy` (format 1.0) matrix: (rows, cols, data).
-fn read_npy(path: &Path) -> (usize, usize, Vec<f32>) {
-    let bytes = std::fs::read(path).unwrap();
-    assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00", "{}: not a format 1.0 .npy", path.display());
-    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-    let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
-    assert!(header.contains("'descr': '<f4'") && header.contains("'fortran_order': False"), "{header}");
-    let shape = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
-    let dims: Vec<usize> = shape.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.parse().unwrap()).collect();
-    assert_eq!(dims.len(), 2, "{header}");
-    let data: Vec<f32> = bytes[10 + header_len..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
-    assert_eq!(data.len(), dims[0] * dims[1]);
-    (dims[0], dims[1], data)
 }
 
 struct Variant {
@@ -62,35 +50,11 @@ fn load(v: &Value) -> Variant {
     Variant { name, model, tokens, vocab, reference }
 }
 
-fn argmax(row: &[f32]) -> usize {
-    row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0
-}
-
-/// max|ours - ref| / max|ref| over `positions` (rows of `reference`; `ours` holds exactly
-/// those rows, in order), and the positions whose arg-max differs.
-fn compare(ours: &[f32], reference: &[f32], vocab: usize, positions: std::ops::Range<usize>) -> (f32, Vec<usize>) {
-    assert_eq!(ours.len(), positions.len() * vocab);
-    let ref_max = reference.iter().fold(0f32, |m, x| m.max(x.abs()));
-    let (mut err, mut disagree) = (0f32, Vec::new());
-    for (row, t) in ours.chunks_exact(vocab).zip(positions) {
-        let r = &reference[t * vocab..(t + 1) * vocab];
-        err = row.iter().zip(r).fold(err, |m, (a, b)| m.max((a - b).abs()));
-        if argmax(row) != argmax(r) {
-            disagree.push(t);
-        }
-    }
-    (err / ref_max, disagree)
-}
-
 fn check(failures: &mut Vec<String>, what: &str, v: &Variant, (rel, disagree): (f32, Vec<usize>)) {
     eprintln!("{:>16} {what}: max |ours - ref| / max|ref| = {rel:.2e}", v.name);
     if !(rel <= REL_TOL) || !disagree.is_empty() {
         failures.push(format!("{} {what}: relative error {rel:.3e} (bar {REL_TOL:e}), arg-max differs at {disagree:?}", v.name));
     }
-}
-
-fn assert_no_failures(failures: Vec<String>) {
-    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }
 
 /// The fixtures cover every architecture, and each file reads back with the shapes the
