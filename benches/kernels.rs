@@ -1,32 +1,76 @@
-//! Criterion benches of the CPU kernels: matmul of every dtype against f32 activations,
-//! one token (decode) and 64 tokens (prefill), at a SmolLM2 feed-forward shape.
+//! Criterion benches of the CPU kernels, on one thread, per weight type:
+//! - `matvec_q8`: one token with 8-bit activations (decode's path), on a matrix that stays in
+//!   L2 (compute-bound) and one of 64 MiB of f32-equivalent that streams from memory;
+//! - `matmul_exact`: f32 activations, 1 token and 64 tokens (prefill's GEMM);
+//! - `quantize_activations`: one 4096-wide row to each 8-bit activation type.
+//! Throughput is weight bytes per second, comparable with `retort bandwidth`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use retort::kernels::{cpu, DType};
+use retort::kernels::cpu::{self, simd, Matrix, ThreadPool};
+use retort::kernels::DType;
 
-fn matmul(c: &mut Criterion) {
-    let (k, n_out) = (576, 1536);
-    let weights_f32: Vec<f32> = (0..k * n_out).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 500.0).collect();
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
-    let mut group = c.benchmark_group("matmul_576x1536");
-    for &dtype in DType::ALL {
-        let Some(quantize) = dtype.traits().from_f32 else { continue };
-        let row_bytes = dtype.row_bytes(k).unwrap();
-        let mut w = vec![0u8; row_bytes * n_out];
-        for (src, dst) in weights_f32.chunks_exact(k).zip(w.chunks_exact_mut(row_bytes)) {
-            quantize(src, dst);
+fn weights(dtype: DType, k: usize, rows: usize) -> Vec<u8> {
+    let values: Vec<f32> = (0..k * rows).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 500.0).collect();
+    let row_bytes = dtype.row_bytes(k).unwrap();
+    let mut w = vec![0u8; row_bytes * rows];
+    for (src, dst) in values.chunks_exact(k).zip(w.chunks_exact_mut(row_bytes)) {
+        (dtype.traits().from_f32.unwrap())(src, dst);
+    }
+    w
+}
+
+fn weight_types() -> impl Iterator<Item = DType> {
+    DType::ALL.iter().copied().filter(|t| !matches!(t, DType::Q8_1 | DType::Q8_K))
+}
+
+fn matvec_q8(c: &mut Criterion) {
+    let pool = ThreadPool::new(1).unwrap();
+    for (label, k, rows) in [("l2", 1536, 256), ("memory", 1536, 65536)] {
+        let mut group = c.benchmark_group(format!("matvec_q8_{label}_{k}x{rows}"));
+        for dtype in weight_types() {
+            let Some(kernel) = simd::vec_dot(dtype) else { continue };
+            let w = weights(dtype, k, rows);
+            let x: Vec<f32> = (0..k).map(|i| (i as f32 * 0.37).sin()).collect();
+            let mut xq = vec![0u8; kernel.act_type.row_bytes(k).unwrap()];
+            cpu::quantize_activations(&x, kernel.act_type, &mut xq);
+            let mut out = vec![0f32; rows];
+            let matrix = Matrix { bytes: &w, dtype, k, rows };
+            group.throughput(Throughput::Bytes(w.len() as u64));
+            group.bench_function(dtype.name(), |b| b.iter(|| cpu::matvec_quantized(&pool, &xq, kernel, matrix, None, &mut out)));
         }
+        group.finish();
+    }
+}
+
+fn matmul_exact(c: &mut Criterion) {
+    let (k, rows) = (576, 1536);
+    let pool = ThreadPool::new(1).unwrap();
+    let mut group = c.benchmark_group("matmul_exact_576x1536");
+    for dtype in weight_types() {
+        let w = weights(dtype, k, rows);
+        let matrix = Matrix { bytes: &w, dtype, k, rows };
         for n_tokens in [1usize, 64] {
             let x = vec![0.5f32; n_tokens * k];
-            let mut out = vec![0f32; n_tokens * n_out];
-            group.throughput(Throughput::Bytes(w.len() as u64));
+            let mut out = vec![0f32; n_tokens * rows];
+            group.throughput(Throughput::Bytes((w.len() * n_tokens) as u64));
             group.bench_with_input(BenchmarkId::new(dtype.name(), n_tokens), &n_tokens, |b, &n| {
-                pool.install(|| b.iter(|| cpu::matmul(&x, n, k, &w, dtype, n_out, None, &mut out)))
+                b.iter(|| cpu::matmul(&pool, &x, n, matrix, None, &mut out))
             });
         }
     }
     group.finish();
 }
 
-criterion_group!(benches, matmul);
+fn quantize_activations(c: &mut Criterion) {
+    let k = 4096;
+    let x: Vec<f32> = (0..k).map(|i| (i as f32 * 0.37).sin()).collect();
+    let mut group = c.benchmark_group("quantize_activations_4096");
+    for act_type in [DType::Q8_0, DType::Q8_1, DType::Q8_K] {
+        let mut out = vec![0u8; act_type.row_bytes(k).unwrap()];
+        group.bench_function(act_type.name(), |b| b.iter(|| cpu::quantize_activations(&x, act_type, &mut out)));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, matvec_q8, matmul_exact, quantize_activations);
 criterion_main!(benches);

@@ -30,8 +30,8 @@ impl OutputType {
             "q5_k_m" => OutputType::Q5KM,
             other => {
                 let dtype = DType::ALL.iter().copied().find(|t| t.name().eq_ignore_ascii_case(other))?;
-                if dtype == DType::Q8_K {
-                    return None; // an activation format, not a weight format
+                if matches!(dtype, DType::Q8_1 | DType::Q8_K) {
+                    return None; // Q8_1, Q8_K: activation formats, not weight formats
                 }
                 OutputType::Uniform(dtype)
             }
@@ -69,7 +69,7 @@ impl OutputType {
                 DType::Q5_K => 16,
                 DType::Q6_K => 18,
                 DType::BF16 => 32,
-                DType::Q2_K | DType::Q8_K => return None,
+                DType::Q2_K | DType::Q8_1 | DType::Q8_K => return None,
             },
         })
     }

@@ -2,7 +2,7 @@
 //! of retort knows about a numeric format (its ggml id and name, block geometry, and how to
 //! convert and dot it) is in its row; adding a type means adding a variant and a row.
 
-use crate::quants::{float, k_quants, q4_0, q4_1, q5_0, q5_1, q8_0};
+use crate::quants::{float, k_quants, q4_0, q4_1, q5_0, q5_1, q8_0, q8_1};
 
 /// A GGUF tensor type. The variants are declared in table order (see [`TABLE`]); the ggml id
 /// is [`DType::ggml_id`].
@@ -17,6 +17,7 @@ pub enum DType {
     Q5_0,
     Q5_1,
     Q8_0,
+    Q8_1,
     Q2_K,
     Q3_K,
     Q4_K,
@@ -45,6 +46,11 @@ pub struct TypeTraits {
     /// Exact dot product of a quantized row with f32 activations: sum_i dequant(row)_i * x_i,
     /// in f32, without a temporary buffer.
     pub dot_f32: fn(row: &[u8], x: &[f32]) -> f32,
+    /// ggml's vec_dot_type: the 8-bit type activations are quantized to for the integer
+    /// dot products of this weight type (`cpu::simd::vec_dot`); F32 where activations stay
+    /// f32 (the float types, and the activation-only types themselves). Unlike ggml, Q4_0
+    /// and Q5_0 take Q8_1: its block sums turn their fixed offsets into one multiply a block.
+    pub vec_dot_type: DType,
 }
 
 /// The table, indexed by `DType as usize`.
@@ -53,59 +59,63 @@ static TABLE: [TypeTraits; DType::ALL.len()] = ROWS;
 const ROWS: [TypeTraits; DType::ALL.len()] = [
     TypeTraits {
         dtype: DType::F32, ggml_id: 0, name: "f32", block_size: 1, type_size: 4,
-        to_f32: float::f32_to_f32, from_f32: Some(float::f32_from_f32), dot_f32: float::f32_dot,
+        to_f32: float::f32_to_f32, from_f32: Some(float::f32_from_f32), dot_f32: float::f32_dot, vec_dot_type: DType::F32,
     },
     TypeTraits {
         dtype: DType::F16, ggml_id: 1, name: "f16", block_size: 1, type_size: 2,
-        to_f32: float::f16_to_f32, from_f32: Some(float::f16_from_f32), dot_f32: float::f16_dot,
+        to_f32: float::f16_to_f32, from_f32: Some(float::f16_from_f32), dot_f32: float::f16_dot, vec_dot_type: DType::F32,
     },
     TypeTraits {
         dtype: DType::BF16, ggml_id: 30, name: "bf16", block_size: 1, type_size: 2,
-        to_f32: float::bf16_to_f32, from_f32: Some(float::bf16_from_f32), dot_f32: float::bf16_dot,
+        to_f32: float::bf16_to_f32, from_f32: Some(float::bf16_from_f32), dot_f32: float::bf16_dot, vec_dot_type: DType::F32,
     },
     TypeTraits {
         dtype: DType::Q4_0, ggml_id: 2, name: "q4_0", block_size: q4_0::QK, type_size: q4_0::BLOCK_BYTES,
-        to_f32: q4_0::to_f32, from_f32: Some(q4_0::from_f32), dot_f32: q4_0::dot_f32,
+        to_f32: q4_0::to_f32, from_f32: Some(q4_0::from_f32), dot_f32: q4_0::dot_f32, vec_dot_type: DType::Q8_1,
     },
     TypeTraits {
         dtype: DType::Q4_1, ggml_id: 3, name: "q4_1", block_size: q4_1::QK, type_size: q4_1::BLOCK_BYTES,
-        to_f32: q4_1::to_f32, from_f32: Some(q4_1::from_f32), dot_f32: q4_1::dot_f32,
+        to_f32: q4_1::to_f32, from_f32: Some(q4_1::from_f32), dot_f32: q4_1::dot_f32, vec_dot_type: DType::Q8_1,
     },
     TypeTraits {
         dtype: DType::Q5_0, ggml_id: 6, name: "q5_0", block_size: q5_0::QK, type_size: q5_0::BLOCK_BYTES,
-        to_f32: q5_0::to_f32, from_f32: Some(q5_0::from_f32), dot_f32: q5_0::dot_f32,
+        to_f32: q5_0::to_f32, from_f32: Some(q5_0::from_f32), dot_f32: q5_0::dot_f32, vec_dot_type: DType::Q8_1,
     },
     TypeTraits {
         dtype: DType::Q5_1, ggml_id: 7, name: "q5_1", block_size: q5_1::QK, type_size: q5_1::BLOCK_BYTES,
-        to_f32: q5_1::to_f32, from_f32: Some(q5_1::from_f32), dot_f32: q5_1::dot_f32,
+        to_f32: q5_1::to_f32, from_f32: Some(q5_1::from_f32), dot_f32: q5_1::dot_f32, vec_dot_type: DType::Q8_1,
     },
     TypeTraits {
         dtype: DType::Q8_0, ggml_id: 8, name: "q8_0", block_size: q8_0::QK, type_size: q8_0::BLOCK_BYTES,
-        to_f32: q8_0::to_f32, from_f32: Some(q8_0::from_f32), dot_f32: q8_0::dot_f32,
+        to_f32: q8_0::to_f32, from_f32: Some(q8_0::from_f32), dot_f32: q8_0::dot_f32, vec_dot_type: DType::Q8_0,
+    },
+    TypeTraits {
+        dtype: DType::Q8_1, ggml_id: 9, name: "q8_1", block_size: q8_1::QK, type_size: q8_1::BLOCK_BYTES,
+        to_f32: q8_1::to_f32, from_f32: Some(q8_1::from_f32), dot_f32: q8_1::dot_f32, vec_dot_type: DType::F32,
     },
     TypeTraits {
         dtype: DType::Q2_K, ggml_id: 10, name: "q2_K", block_size: k_quants::QK_K, type_size: k_quants::q2_k::BLOCK_BYTES,
-        to_f32: k_quants::q2_k::to_f32, from_f32: Some(k_quants::q2_k::from_f32), dot_f32: k_quants::q2_k::dot_f32,
+        to_f32: k_quants::q2_k::to_f32, from_f32: Some(k_quants::q2_k::from_f32), dot_f32: k_quants::q2_k::dot_f32, vec_dot_type: DType::Q8_K,
     },
     TypeTraits {
         dtype: DType::Q3_K, ggml_id: 11, name: "q3_K", block_size: k_quants::QK_K, type_size: k_quants::q3_k::BLOCK_BYTES,
-        to_f32: k_quants::q3_k::to_f32, from_f32: Some(k_quants::q3_k::from_f32), dot_f32: k_quants::q3_k::dot_f32,
+        to_f32: k_quants::q3_k::to_f32, from_f32: Some(k_quants::q3_k::from_f32), dot_f32: k_quants::q3_k::dot_f32, vec_dot_type: DType::Q8_K,
     },
     TypeTraits {
         dtype: DType::Q4_K, ggml_id: 12, name: "q4_K", block_size: k_quants::QK_K, type_size: k_quants::q4_k::BLOCK_BYTES,
-        to_f32: k_quants::q4_k::to_f32, from_f32: Some(k_quants::q4_k::from_f32), dot_f32: k_quants::q4_k::dot_f32,
+        to_f32: k_quants::q4_k::to_f32, from_f32: Some(k_quants::q4_k::from_f32), dot_f32: k_quants::q4_k::dot_f32, vec_dot_type: DType::Q8_K,
     },
     TypeTraits {
         dtype: DType::Q5_K, ggml_id: 13, name: "q5_K", block_size: k_quants::QK_K, type_size: k_quants::q5_k::BLOCK_BYTES,
-        to_f32: k_quants::q5_k::to_f32, from_f32: Some(k_quants::q5_k::from_f32), dot_f32: k_quants::q5_k::dot_f32,
+        to_f32: k_quants::q5_k::to_f32, from_f32: Some(k_quants::q5_k::from_f32), dot_f32: k_quants::q5_k::dot_f32, vec_dot_type: DType::Q8_K,
     },
     TypeTraits {
         dtype: DType::Q6_K, ggml_id: 14, name: "q6_K", block_size: k_quants::QK_K, type_size: k_quants::q6_k::BLOCK_BYTES,
-        to_f32: k_quants::q6_k::to_f32, from_f32: Some(k_quants::q6_k::from_f32), dot_f32: k_quants::q6_k::dot_f32,
+        to_f32: k_quants::q6_k::to_f32, from_f32: Some(k_quants::q6_k::from_f32), dot_f32: k_quants::q6_k::dot_f32, vec_dot_type: DType::Q8_K,
     },
     TypeTraits {
         dtype: DType::Q8_K, ggml_id: 15, name: "q8_K", block_size: k_quants::QK_K, type_size: k_quants::q8_k::BLOCK_BYTES,
-        to_f32: k_quants::q8_k::to_f32, from_f32: Some(k_quants::q8_k::from_f32), dot_f32: k_quants::q8_k::dot_f32,
+        to_f32: k_quants::q8_k::to_f32, from_f32: Some(k_quants::q8_k::from_f32), dot_f32: k_quants::q8_k::dot_f32, vec_dot_type: DType::F32,
     },
 ];
 
@@ -123,7 +133,7 @@ impl DType {
     /// Every type, in table order.
     pub const ALL: &'static [DType] = &[
         DType::F32, DType::F16, DType::BF16,
-        DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0,
+        DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::Q8_1,
         DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::Q8_K,
     ];
 

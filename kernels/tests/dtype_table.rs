@@ -69,7 +69,10 @@ impl Rng {
 fn table_matches_gguf_type_sizes() {
     let index = index();
     let types = index["types"].as_object().expect("types");
-    assert_eq!(types.len(), DType::ALL.len(), "fixture and table list different types");
+    // Q8_1 is an activation-only type (never stored in files); gguf-py's size for it is
+    // stale (40 bytes: f32 d and s), ggml's block_q8_1 has been 36 bytes since they became f16.
+    assert_eq!(types.len(), DType::ALL.len() - 1, "fixture and table list different types");
+    assert!(!types.contains_key("q8_1"));
     for (name, sizes) in types {
         let id = sizes["ggml_id"].as_u64().unwrap() as u32;
         let dtype = DType::from_ggml_id(id).unwrap_or_else(|| panic!("ggml id {id} ({name}) not in the table"));
@@ -85,8 +88,8 @@ fn table_matches_gguf_type_sizes() {
 
 #[test]
 fn unknown_ggml_ids_are_rejected() {
-    // Q8_1, the IQ types, the integer types, TQ*, MXFP4, and garbage.
-    for id in [4, 5, 9, 16, 20, 23, 24, 28, 29, 31, 34, 39, 1000, u32::MAX] {
+    // The IQ types, the integer types, TQ*, MXFP4, and garbage.
+    for id in [4, 5, 16, 20, 23, 24, 28, 29, 31, 34, 39, 1000, u32::MAX] {
         assert_eq!(DType::from_ggml_id(id), None, "ggml id {id}");
     }
     for &dtype in DType::ALL {
@@ -243,7 +246,7 @@ fn names_are_ggmls() {
     let names: Vec<&str> = DType::ALL.iter().map(|t| t.name()).collect();
     assert_eq!(
         names,
-        ["f32", "f16", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "q8_K"]
+        ["f32", "f16", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q8_1", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "q8_K"]
     );
 }
 

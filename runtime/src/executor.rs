@@ -1,9 +1,7 @@
 //! The one executor: runs a model's [`Graph`] for a batch of tokens at positions
 //! p..p+n on the CPU kernels. It knows ops, not architectures.
 
-use std::sync::Arc;
-
-use retort_kernels::cpu::{self, AttentionShape, RopeParams};
+use retort_kernels::cpu::{self, simd, AttentionShape, Matrix, RopeParams, ThreadPool};
 use retort_kernels::DType;
 use retort_models::gguf::GgufFile;
 use retort_models::graph::{ActId, Graph, Op, WeightId};
@@ -28,8 +26,15 @@ pub struct Executor<'m> {
     rows: Vec<usize>,
     max_batch: usize,
     pub kv: KvCache,
-    pool: Arc<rayon::ThreadPool>,
+    pool: ThreadPool,
     rope_scratch: Vec<(f32, f32)>,
+    /// One token's activations quantized for the integer matvec (see [`Executor::set_exact`]),
+    /// sized for the widest matmul input.
+    quantized: Vec<u8>,
+    /// Which activation `quantized` holds, in which type: q, k and v (and gate and up) read
+    /// the same normalized input, which is then quantized once.
+    quantized_from: Option<(ActId, DType)>,
+    exact: bool,
 }
 
 impl<'m> Executor<'m> {
@@ -55,11 +60,15 @@ impl<'m> Executor<'m> {
             .collect::<Result<Vec<_>>>()?;
         let plan = plan(&graph, max_batch, max_logit_rows);
         log::debug!("scratch arena: {:.1} MiB for {} activations", plan.total as f64 * 4.0 / (1 << 20) as f64, plan.sizes.len());
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .map(Arc::new)
-            .map_err(|e| Error::Usage(format!("cannot start {threads} threads: {e}")))?;
+        let pool = ThreadPool::new(threads).map_err(|e| Error::Usage(format!("cannot start {threads} threads: {e}")))?;
+        let quantized_bytes = weights
+            .iter()
+            .filter_map(|w| match w {
+                WeightData::Matrix { dtype, row_len, .. } => dtype.traits().vec_dot_type.row_bytes(*row_len),
+                WeightData::Vector(_) => None,
+            })
+            .max()
+            .unwrap_or(0);
         Ok(Executor {
             kv: KvCache::new(graph.kv, n_ctx),
             arena: vec![0f32; plan.total],
@@ -70,7 +79,19 @@ impl<'m> Executor<'m> {
             max_batch,
             pool,
             rope_scratch: Vec::new(),
+            quantized: vec![0u8; quantized_bytes],
+            quantized_from: None,
+            exact: false,
         })
+    }
+
+    /// Exact mode keeps every activation in f32: the logits are those of the reference
+    /// (transformers on the dequantized weights) to f32 rounding. By default one-token steps
+    /// quantize the matmul inputs to 8 bits (the weight type's `vec_dot_type`, as llama.cpp
+    /// does) where this CPU has an integer kernel for the type: decode is then bound by memory
+    /// bandwidth. Batches (prefill, eval) are exact either way.
+    pub fn set_exact(&mut self, exact: bool) {
+        self.exact = exact;
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -99,12 +120,10 @@ impl<'m> Executor<'m> {
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
             return Err(Error::Usage(format!("token id {bad} is out of range (vocabulary of {vocab})")));
         }
-        let pool = Arc::clone(&self.pool);
-        pool.install(|| {
-            for i in 0..self.graph.ops.len() {
-                self.run_op(i, tokens, pos0, all_logits);
-            }
-        });
+        self.quantized_from = None;
+        for i in 0..self.graph.ops.len() {
+            self.run_op(i, tokens, pos0, all_logits);
+        }
         self.kv.set_len(end);
         let logits = self.graph.logits;
         let len = self.rows[logits.0] * self.graph.act_widths[logits.0];
@@ -150,7 +169,18 @@ impl<'m> Executor<'m> {
                 let (rx, ro) = (self.act_range(x), self.act_range(out));
                 let (src, dst) = split_disjoint(&mut self.arena, rx, ro);
                 let bias = bias.map(|b| vector(&self.weights, b));
-                cpu::matmul(src, n, row_len, bytes, dtype, rows, bias, dst);
+                let w = Matrix { bytes, dtype, k: row_len, rows };
+                match simd::vec_dot(dtype).filter(|_| n == 1 && !self.exact) {
+                    Some(kernel) => {
+                        let xq = &mut self.quantized[..kernel.act_type.row_bytes(row_len).expect("checked at load")];
+                        if self.quantized_from != Some((x, kernel.act_type)) {
+                            cpu::quantize_activations(src, kernel.act_type, xq);
+                            self.quantized_from = Some((x, kernel.act_type));
+                        }
+                        cpu::matvec_quantized(&self.pool, xq, kernel, w, bias, dst);
+                    }
+                    None => cpu::matmul(&self.pool, src, n, w, bias, dst),
+                }
             }
             Op::Rope { x, rope } => {
                 let params = RopeParams {
@@ -163,6 +193,9 @@ impl<'m> Executor<'m> {
                 };
                 let width = self.graph.act_widths[x.0];
                 let (offset, len) = (self.plan.offsets[x.0], self.rows[x.0] * width);
+                if self.quantized_from.is_some_and(|(a, _)| a == x) {
+                    self.quantized_from = None; // rotated in place below
+                }
                 let scratch = &mut self.rope_scratch;
                 for (t, row) in self.arena[offset..offset + len].chunks_exact_mut(width).enumerate() {
                     cpu::rope(row, pos0 + t, &params, scratch);
@@ -182,7 +215,7 @@ impl<'m> Executor<'m> {
                 let (o_off, o_len) = (self.plan.offsets[out.0], self.rows[out.0] * self.graph.act_widths[out.0]);
                 let (k_cache, v_cache) = self.kv.layer(layer);
                 let (q_slice, out_slice) = split_disjoint(&mut self.arena, q_off..q_off + q_len, o_off..o_off + o_len);
-                cpu::attention(q_slice, k_cache, v_cache, pos0, &shape, out_slice);
+                cpu::attention(&self.pool, q_slice, k_cache, v_cache, pos0, &shape, out_slice);
             }
             Op::Add { a, b, out } => {
                 self.rows[out.0] = self.rows[a.0];

@@ -55,8 +55,13 @@ enum Command {
         tokens: Vec<u32>,
         #[arg(long)]
         logits_out: PathBuf,
+        /// Feed the tokens one at a time, as generation does, instead of in one batch.
+        #[arg(long)]
+        one_by_one: bool,
         #[command(flatten)]
         threads: Threads,
+        #[command(flatten)]
+        precision: Precision,
     },
     /// Prompt-processing and generation speed, like llama-bench (pp and tg tokens/s).
     Bench {
@@ -72,6 +77,16 @@ enum Command {
         repetitions: usize,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        threads: Threads,
+        #[command(flatten)]
+        precision: Precision,
+    },
+    /// Memory read bandwidth (GB/s): the bound on decode speed, file bytes per token ÷ this.
+    Bandwidth {
+        /// Buffer size in MiB (far larger than the caches).
+        #[arg(long, default_value_t = 1024)]
+        mib: usize,
         #[command(flatten)]
         threads: Threads,
     },
@@ -107,6 +122,14 @@ impl Threads {
 }
 
 #[derive(Args)]
+struct Precision {
+    /// Keep activations in f32 in every matmul (the exact reference's arithmetic). By default
+    /// one-token steps quantize them to 8 bits, as llama.cpp does, for speed.
+    #[arg(long)]
+    exact: bool,
+}
+
+#[derive(Args)]
 struct RunArgs {
     model: PathBuf,
     #[arg(short = 'p', long = "prompt")]
@@ -133,6 +156,8 @@ struct RunArgs {
     ctx: usize,
     #[command(flatten)]
     threads: Threads,
+    #[command(flatten)]
+    precision: Precision,
     /// Treat the prompt as a user message and render it with the model's chat template.
     #[arg(long)]
     chat: bool,
@@ -149,10 +174,13 @@ fn main() -> ExitCode {
         Command::Convert { input, output, output_type, threads } => threads.get().and_then(|t| convert(input, output, &output_type, t)),
         Command::Tokenize { model, text, add_special } => tokenize(model, &text, add_special),
         Command::Inspect { model, json } => inspect(model, json),
-        Command::Eval { model, tokens, logits_out, threads } => threads.get().and_then(|t| eval(model, &tokens, logits_out, t)),
-        Command::Bench { model, n_prompt, n_gen, repetitions, json, threads } => {
-            threads.get().and_then(|t| bench(model, n_prompt, n_gen, repetitions, json, t))
+        Command::Eval { model, tokens, logits_out, one_by_one, threads, precision } => {
+            threads.get().and_then(|t| eval(model, &tokens, logits_out, one_by_one, precision.exact, t))
         }
+        Command::Bench { model, n_prompt, n_gen, repetitions, json, threads, precision } => {
+            threads.get().and_then(|t| bench(model, n_prompt, n_gen, repetitions, json, precision.exact, t))
+        }
+        Command::Bandwidth { mib, threads } => threads.get().and_then(|t| bandwidth(mib, t)),
         Command::Perplexity { model, file, ctx, json, threads } => threads.get().and_then(|t| perplexity(model, file, ctx, json, t)),
     };
     match result {
@@ -200,6 +228,7 @@ fn run(args: RunArgs) -> Result<()> {
     sampler_config.validate().map_err(Error::Usage)?;
     let mut sampler = Sampler::new(sampler_config);
     let mut exec = model.executor(args.ctx, 512, false, threads)?;
+    exec.set_exact(args.precision.exact);
     let stdout = std::io::stdout();
     let result = generate::generate(&mut exec, tok, &prompt, args.n_predict, &mut sampler, |text| {
         let mut out = stdout.lock();
@@ -328,9 +357,10 @@ fn value_to_json(v: &Value) -> serde_json::Value {
     }
 }
 
-fn eval(path: PathBuf, tokens: &[u32], out: PathBuf, threads: usize) -> Result<()> {
+fn eval(path: PathBuf, tokens: &[u32], out: PathBuf, one_by_one: bool, exact: bool, threads: usize) -> Result<()> {
     let model = Model::load(&path)?;
-    let mut exec = model.executor(tokens.len(), 512, true, threads)?;
+    let mut exec = model.executor(tokens.len(), if one_by_one { 1 } else { 512 }, true, threads)?;
+    exec.set_exact(exact);
     let logits = generate::all_logits(&mut exec, tokens)?;
     let vocab = exec.vocab_size();
     retort_runtime::npy::write_f32(&out, &[tokens.len(), vocab], &logits).map_err(|e| Error::Io(out.display().to_string(), e))?;
@@ -340,12 +370,13 @@ fn eval(path: PathBuf, tokens: &[u32], out: PathBuf, threads: usize) -> Result<(
 /// Like llama-bench: pp = one batch of `n_prompt` tokens from an empty cache; tg =
 /// `n_gen` single-token steps from an empty cache. Token ids are pseudo-random (the
 /// speed does not depend on them). One untimed warm-up run of each first.
-fn bench(path: PathBuf, n_prompt: usize, n_gen: usize, repetitions: usize, json: bool, threads: usize) -> Result<()> {
+fn bench(path: PathBuf, n_prompt: usize, n_gen: usize, repetitions: usize, json: bool, exact: bool, threads: usize) -> Result<()> {
     if repetitions == 0 || (n_prompt == 0 && n_gen == 0) {
         return Err(Error::Usage("nothing to measure: -r, and -p or -n, must be at least 1".into()));
     }
     let model = Model::load(&path)?;
     let mut exec = model.executor(n_prompt.max(n_gen).max(1), n_prompt.max(1), false, threads)?;
+    exec.set_exact(exact);
     let vocab = exec.vocab_size() as u64;
     let tokens: Vec<u32> = (0..n_prompt.max(1) as u64).map(|i| ((i * 2654435761 + 12345) % vocab) as u32).collect();
     let mut time = |f: &mut dyn FnMut(&mut retort_runtime::executor::Executor) -> Result<()>| -> Result<Vec<f64>> {
@@ -387,6 +418,34 @@ fn bench(path: PathBuf, n_prompt: usize, n_gen: usize, repetitions: usize, json:
             println!("tg{n_gen}: {tg_tps:.2} ± {tg_sd:.2} tokens/s");
         }
     }
+    Ok(())
+}
+
+/// Reads a buffer far larger than the caches with `threads` threads, each summing its own
+/// contiguous share with AVX2-width adds (the compiler vectorizes the loop), and prints the
+/// best of 7 passes in GB/s, like STREAM's "best rate".
+fn bandwidth(mib: usize, threads: usize) -> Result<()> {
+    let words = mib.checked_mul(1 << 17).filter(|&w| w > 0).ok_or_else(|| Error::Usage(format!("--mib {mib} is not a usable size")))?;
+    let buffer: Vec<u64> = (0..words as u64).collect();
+    let pool = retort_kernels::cpu::ThreadPool::new(threads).map_err(|e| Error::Usage(format!("cannot start {threads} threads: {e}")))?;
+    let sink = std::sync::atomic::AtomicU64::new(0);
+    let mut best = 0f64;
+    for _ in 0..7 {
+        let start = std::time::Instant::now();
+        pool.run(&|ith, nth| {
+            let share = &buffer[words * ith / nth..words * (ith + 1) / nth];
+            let mut lanes = [0u64; 8];
+            for chunk in share.chunks_exact(8) {
+                for (lane, &v) in lanes.iter_mut().zip(chunk) {
+                    *lane = lane.wrapping_add(v);
+                }
+            }
+            sink.fetch_add(lanes.iter().fold(0, |a, &b| a.wrapping_add(b)), std::sync::atomic::Ordering::Relaxed);
+        });
+        best = best.max((words * 8) as f64 / start.elapsed().as_secs_f64() / 1e9);
+    }
+    log::debug!("checksum {}", sink.into_inner());
+    println!("{}", serde_json::json!({"read_gb_s": best, "threads": threads, "mib": mib}));
     Ok(())
 }
 

@@ -3,8 +3,7 @@
 
 use std::cell::RefCell;
 
-use rayon::prelude::*;
-
+use super::pool::ThreadPool;
 use super::vec::dot;
 
 thread_local! {
@@ -23,7 +22,7 @@ pub struct AttentionShape {
 /// `k_cache`/`v_cache`: positions 0..=pos0+n_tokens−1 already written, rows of
 /// n_head_kv·head_dim (keys) and n_head_kv·v_head_dim (values).
 /// `out`: n_tokens × (n_head·v_head_dim). Token t attends to positions 0..=pos0+t.
-pub fn attention(q: &[f32], k_cache: &[f32], v_cache: &[f32], pos0: usize, s: &AttentionShape, out: &mut [f32]) {
+pub fn attention(pool: &ThreadPool, q: &[f32], k_cache: &[f32], v_cache: &[f32], pos0: usize, s: &AttentionShape, out: &mut [f32]) {
     let (hd, vd) = (s.head_dim, s.v_head_dim);
     let (k_row, v_row) = (s.n_head_kv * hd, s.n_head_kv * vd);
     let group = s.n_head / s.n_head_kv;
@@ -32,26 +31,32 @@ pub fn attention(q: &[f32], k_cache: &[f32], v_cache: &[f32], pos0: usize, s: &A
     assert!(k_cache.len() >= (pos0 + n_tokens) * k_row && v_cache.len() >= (pos0 + n_tokens) * v_row);
 
     // One task per (token, head): each writes its own v_head_dim slice of `out`.
-    out.par_chunks_mut(vd).enumerate().for_each(|(i, o)| {
-        let (t, h) = (i / s.n_head, i % s.n_head);
-        let kv_h = h / group;
-        let q_h = &q[(t * s.n_head + h) * hd..][..hd];
-        let n_ctx = pos0 + t + 1;
-        SCORES.with(|scores| {
-            let mut scores = scores.borrow_mut();
-            scores.clear();
-            // Room for the whole cache at once, so a growing context never reallocates.
-            scores.reserve(k_cache.len() / k_row);
-            scores.extend((0..n_ctx).map(|p| dot(q_h, &k_cache[p * k_row + kv_h * hd..][..hd]) * s.scale));
-            softmax(&mut scores);
-            o.fill(0.0);
-            for (p, &w) in scores.iter().enumerate() {
-                let v = &v_cache[p * v_row + kv_h * vd..][..vd];
-                for (o, &v) in o.iter_mut().zip(v) {
-                    *o += w * v;
+    let out_ptr = out.as_mut_ptr() as usize;
+    pool.for_ranges(n_tokens * s.n_head, 1, |tasks| {
+        for i in tasks {
+            // SAFETY: task i alone writes out[i·vd .. (i+1)·vd], which lies inside `out`
+            // (asserted length n_tokens · n_head · vd).
+            let o = unsafe { std::slice::from_raw_parts_mut((out_ptr as *mut f32).add(i * vd), vd) };
+            let (t, h) = (i / s.n_head, i % s.n_head);
+            let kv_h = h / group;
+            let q_h = &q[(t * s.n_head + h) * hd..][..hd];
+            let n_ctx = pos0 + t + 1;
+            SCORES.with(|scores| {
+                let mut scores = scores.borrow_mut();
+                scores.clear();
+                // Room for the whole cache at once, so a growing context never reallocates.
+                scores.reserve(k_cache.len() / k_row);
+                scores.extend((0..n_ctx).map(|p| dot(q_h, &k_cache[p * k_row + kv_h * hd..][..hd]) * s.scale));
+                softmax(&mut scores);
+                o.fill(0.0);
+                for (p, &w) in scores.iter().enumerate() {
+                    let v = &v_cache[p * v_row + kv_h * vd..][..vd];
+                    for (o, &v) in o.iter_mut().zip(v) {
+                        *o += w * v;
+                    }
                 }
-            }
-        });
+            });
+        }
     });
 }
 
@@ -83,7 +88,7 @@ mod tests {
         let v: Vec<f32> = (0..n_pos * 2).map(|i| ((i * 5 % 13) as f32 - 6.0) / 6.0).collect();
         let q: Vec<f32> = (0..n_tokens * 2 * 3).map(|i| ((i * 3 % 7) as f32 - 3.0) / 3.0).collect();
         let mut out = vec![0f32; n_tokens * 2 * 2];
-        attention(&q, &k, &v, pos0, &s, &mut out);
+        attention(&ThreadPool::new(2).unwrap(), &q, &k, &v, pos0, &s, &mut out);
         for t in 0..n_tokens {
             for h in 0..2 {
                 let qh = &q[(t * 2 + h) * 3..][..3];

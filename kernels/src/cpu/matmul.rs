@@ -1,79 +1,147 @@
-//! out = x · Wᵀ for a quantized weight W (rows of any dtype) and f32 activations x.
+//! out = x · Wᵀ (+ bias) for a weight matrix W of any dtype, in three forms:
 //!
-//! Exact: every product is dequantized weight × f32 activation, summed in f32 — no
-//! activation quantization. One token (decode) dots each weight row in place; several
-//! tokens (prefill) dequantize a tile of weight rows once and reuse it for every token.
+//! - [`matmul`], exact, several tokens (prefill): weight rows are dequantized into packed
+//!   panels of [`NR`] rows, k in slices of [`KC`], and multiplied by f32 activations in the
+//!   register-blocked micro-kernel of `gemm.rs`. Dequantization is paid once per panel and
+//!   shared by every token.
+//! - [`matmul`], exact, one token: each weight row dotted in place with the f32 activations.
+//! - [`matvec_quantized`], one token, activations quantized to 8 bits (the table's
+//!   `vec_dot_type`) by [`quantize_activations`]: integer dot products, 3-4x less arithmetic
+//!   per weight than dequantizing to f32, so decode stays bound by memory rather than cores.
+//!
+//! Work is split over output rows (panels), so threads never write the same element.
 
-use std::cell::RefCell;
+use std::ops::Range;
 
-use rayon::prelude::*;
-
-use super::vec::dot;
+use super::gemm::{tile, MR, NR};
+use super::pool::ThreadPool;
+use super::simd::{self, VecDot};
 use crate::dtype::DType;
 
-/// Weight rows dequantized at once in the prefill path: 16 rows of a 4k-wide layer are
-/// 256 KiB, which stays in L2 while every token row streams past.
-const TILE_ROWS: usize = 16;
+/// Elements of k per packed panel: a multiple of every block size (1, 32, 256), so a slice
+/// of a row is whole blocks; the panel (16 KiB) stays in L1 while the tokens stream past.
+const KC: usize = 256;
 
-thread_local! {
-    static TILE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+/// A weight matrix: `rows` rows of `k` values of `dtype`, row-major, as stored in GGUF.
+#[derive(Clone, Copy)]
+pub struct Matrix<'a> {
+    pub bytes: &'a [u8],
+    pub dtype: DType,
+    pub k: usize,
+    pub rows: usize,
 }
 
-/// `x` is `n_tokens × k` (row-major), `w` holds `n_out` rows of `k` values of `dtype`,
-/// `out` is `n_tokens × n_out`. Runs on the current rayon pool.
-pub fn matmul(x: &[f32], n_tokens: usize, k: usize, w: &[u8], dtype: DType, n_out: usize, bias: Option<&[f32]>, out: &mut [f32]) {
-    let row_bytes = dtype.row_bytes(k).expect("row length fits the dtype's blocks");
-    assert_eq!(x.len(), n_tokens * k);
-    assert_eq!(w.len(), row_bytes * n_out);
-    assert_eq!(out.len(), n_tokens * n_out);
-    let traits = dtype.traits();
-    let out_ptr = SharedOut(out.as_mut_ptr());
+impl Matrix<'_> {
+    fn row_bytes(&self) -> usize {
+        let row_bytes = self.dtype.row_bytes(self.k).expect("row length is whole blocks of the dtype");
+        assert_eq!(self.bytes.len(), row_bytes * self.rows, "{} weight bytes for {} rows of {}", self.bytes.len(), self.rows, self.k);
+        row_bytes
+    }
 
-    // Each task owns a disjoint range of output columns [j0, j1) in every token row.
-    let n_tasks = (n_out / TILE_ROWS).clamp(1, 4 * rayon::current_num_threads());
-    let cols_per_task = n_out.div_ceil(n_tasks).next_multiple_of(TILE_ROWS).min(n_out.max(1));
-    let n_tasks = n_out.div_ceil(cols_per_task.max(1));
-    (0..n_tasks).into_par_iter().for_each(|task| {
-        let (j0, j1) = (task * cols_per_task, ((task + 1) * cols_per_task).min(n_out));
-        let store = |t: usize, j: usize, v: f32| {
-            // SAFETY: (t, j) with j in this task's [j0, j1) is written by no other task,
-            // and t < n_tokens, j < n_out keep it inside `out`.
-            unsafe { *out_ptr.at(t * n_out + j) = v + bias.map_or(0.0, |b| b[j]) }
-        };
-        if n_tokens == 1 {
-            for j in j0..j1 {
-                store(0, j, (traits.dot_f32)(&w[j * row_bytes..(j + 1) * row_bytes], x));
+    fn row(&self, j: usize, row_bytes: usize) -> &[u8] {
+        &self.bytes[j * row_bytes..(j + 1) * row_bytes]
+    }
+}
+
+/// `x`: n_tokens × k, row-major; `out`: n_tokens × rows. Exact f32 arithmetic.
+pub fn matmul(pool: &ThreadPool, x: &[f32], n_tokens: usize, w: Matrix, bias: Option<&[f32]>, out: &mut [f32]) {
+    let row_bytes = w.row_bytes();
+    assert_eq!(x.len(), n_tokens * w.k);
+    assert_eq!(out.len(), n_tokens * w.rows);
+    let out = SharedOut(out.as_mut_ptr());
+    if n_tokens == 1 {
+        let dot = simd::dot_f32(w.dtype);
+        pool.for_ranges(w.rows, grain(pool, w.rows), |rows| {
+            for j in rows {
+                // SAFETY: row j belongs to this range alone and j < w.rows = out.len().
+                unsafe { *out.at(j) = dot(w.row(j, row_bytes), x) + bias.map_or(0.0, |b| b[j]) };
             }
-            return;
+        });
+        return;
+    }
+    let n_panels = w.rows.div_ceil(NR);
+    pool.for_ranges(n_panels, 1, |panels| {
+        for p in panels {
+            let cols = p * NR..((p + 1) * NR).min(w.rows);
+            panel_times_tokens(x, n_tokens, w, row_bytes, cols, bias, out);
         }
-        TILE.with(|tile| {
-            let mut tile = tile.borrow_mut();
-            tile.resize(TILE_ROWS * k, 0.0);
-            for t0 in (j0..j1).step_by(TILE_ROWS) {
-                let t1 = (t0 + TILE_ROWS).min(j1);
-                for j in t0..t1 {
-                    let dst = &mut tile[(j - t0) * k..(j - t0 + 1) * k];
-                    (traits.to_f32)(&w[j * row_bytes..(j + 1) * row_bytes], dst);
-                }
-                for (t, xt) in x.chunks_exact(k).enumerate() {
-                    for j in t0..t1 {
-                        store(t, j, dot(&tile[(j - t0) * k..(j - t0 + 1) * k], xt));
+    });
+}
+
+/// The output columns `cols` (≤ NR weight rows) for every token.
+fn panel_times_tokens(x: &[f32], n_tokens: usize, w: Matrix, row_bytes: usize, cols: Range<usize>, bias: Option<&[f32]>, out: SharedOut) {
+    let k = w.k;
+    let block = w.dtype.block_size();
+    let to_f32 = w.dtype.traits().to_f32;
+    let mut panel = [0f32; KC * NR];
+    let mut row_values = [0f32; KC];
+    let mut acc = [[0f32; NR]; MR];
+    for k0 in (0..k).step_by(KC) {
+        let kc = KC.min(k - k0);
+        // Interleave the rows' dequantized slices; rows past the matrix stay zero.
+        panel[..kc * NR].fill(0.0);
+        for (c, j) in cols.clone().enumerate() {
+            let bytes = &w.row(j, row_bytes)[k0 / block * w.dtype.type_size()..(k0 + kc) / block * w.dtype.type_size()];
+            to_f32(bytes, &mut row_values[..kc]);
+            for (i, &v) in row_values[..kc].iter().enumerate() {
+                panel[i * NR + c] = v;
+            }
+        }
+        for t0 in (0..n_tokens).step_by(MR) {
+            let mr = MR.min(n_tokens - t0);
+            tile(mr, kc, &x[t0 * k + k0..], k, &panel, &mut acc);
+            for (t, acc) in acc.iter().enumerate().take(mr) {
+                for (c, j) in cols.clone().enumerate() {
+                    let start = if k0 == 0 { bias.map_or(0.0, |b| b[j]) } else { 0.0 };
+                    // SAFETY: column j is in this panel, which no other thread handles, and
+                    // (t0 + t, j) lies inside the n_tokens × rows output.
+                    unsafe {
+                        let o = out.at((t0 + t) * w.rows + j);
+                        *o = if k0 == 0 { start + acc[c] } else { *o + acc[c] };
                     }
                 }
             }
-        });
+        }
+    }
+}
+
+/// One token with quantized activations: `xq` is x quantized to `kernel.act_type` by
+/// [`quantize_activations`]; `out` has one value per weight row.
+pub fn matvec_quantized(pool: &ThreadPool, xq: &[u8], kernel: VecDot, w: Matrix, bias: Option<&[f32]>, out: &mut [f32]) {
+    let row_bytes = w.row_bytes();
+    assert_eq!(Some(xq.len()), kernel.act_type.row_bytes(w.k), "activations quantized for another length");
+    assert_eq!(out.len(), w.rows);
+    let out = SharedOut(out.as_mut_ptr());
+    pool.for_ranges(w.rows, grain(pool, w.rows), |rows| {
+        for j in rows {
+            // SAFETY: as in `matmul`.
+            unsafe { *out.at(j) = (kernel.dot)(w.row(j, row_bytes), xq) + bias.map_or(0.0, |b| b[j]) };
+        }
     });
+}
+
+/// x quantized to `act_type` (the weight type's `vec_dot_type`) into `out`, which must hold
+/// exactly `act_type.row_bytes(x.len())` bytes.
+pub fn quantize_activations(x: &[f32], act_type: DType, out: &mut [u8]) {
+    simd::quantize_activations(act_type)(x, out);
+}
+
+/// Rows per handed-out range in the one-token forms: about 8 ranges per thread, so a thread
+/// slowed down by another process gives its share away, and no fewer than 16 rows so the
+/// hand-out stays cheap next to the work.
+fn grain(pool: &ThreadPool, rows: usize) -> usize {
+    (rows / (8 * pool.n_threads())).max(16)
 }
 
 #[derive(Clone, Copy)]
 struct SharedOut(*mut f32);
-// SAFETY: tasks write disjoint elements (see `store`).
+// SAFETY: threads write disjoint elements (see the callers).
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 impl SharedOut {
-    fn at(self, i: usize) -> *mut f32 {
-        // SAFETY of the caller: i is in bounds.
-        unsafe { self.0.add(i) }
+    /// SAFETY of the caller: i is in bounds and no other thread touches element i.
+    unsafe fn at(self, i: usize) -> *mut f32 {
+        self.0.add(i)
     }
 }
 
@@ -81,40 +149,85 @@ impl SharedOut {
 mod tests {
     use super::*;
 
-    /// Against a plain f64 triple loop over the dequantized weight, for every type whose
-    /// quantizer exists and for both the one-token and many-token paths.
+    struct Case {
+        k: usize,
+        rows: usize,
+        w_f32: Vec<f32>,
+        bias: Vec<f32>,
+    }
+
+    fn random(seed: &mut u32, n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                *seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+                (*seed >> 8) as f32 / (1 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    fn quantized(dtype: DType, case: &Case) -> (Vec<u8>, Vec<f32>) {
+        let row_bytes = dtype.row_bytes(case.k).unwrap();
+        let mut w = vec![0u8; row_bytes * case.rows];
+        for (src, dst) in case.w_f32.chunks_exact(case.k).zip(w.chunks_exact_mut(row_bytes)) {
+            (dtype.traits().from_f32.unwrap())(src, dst);
+        }
+        let mut deq = vec![0f32; case.k * case.rows];
+        (dtype.traits().to_f32)(&w, &mut deq);
+        (w, deq)
+    }
+
+    /// Exact paths against a plain f64 triple loop over the dequantized weight, for every
+    /// type, one and many tokens (including token counts that leave partial tiles), a row
+    /// count that leaves a partial panel, k spanning several KC slices, 1 and 3 threads.
     #[test]
-    fn matches_dequantized_reference() {
-        let (k, n_out) = (256, 37);
+    fn matmul_matches_dequantized_reference() {
         let mut seed = 1u32;
-        let mut next = || {
-            seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
-            (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
-        };
-        let w_f32: Vec<f32> = (0..k * n_out).map(|_| next()).collect();
-        let bias: Vec<f32> = (0..n_out).map(|_| next()).collect();
-        for &dtype in DType::ALL {
-            let Some(quantize) = dtype.traits().from_f32 else { continue };
-            let row_bytes = dtype.row_bytes(k).unwrap();
-            let mut w = vec![0u8; row_bytes * n_out];
-            for (src, dst) in w_f32.chunks_exact(k).zip(w.chunks_exact_mut(row_bytes)) {
-                quantize(src, dst);
-            }
-            let mut deq = vec![0f32; k * n_out];
-            for (src, dst) in w.chunks_exact(row_bytes).zip(deq.chunks_exact_mut(k)) {
-                (dtype.traits().to_f32)(src, dst);
-            }
-            for n_tokens in [1, 3] {
-                let x: Vec<f32> = (0..n_tokens * k).map(|_| next()).collect();
-                let mut out = vec![0f32; n_tokens * n_out];
-                matmul(&x, n_tokens, k, &w, dtype, n_out, Some(&bias), &mut out);
-                for t in 0..n_tokens {
-                    for j in 0..n_out {
-                        let exact: f64 = (0..k).map(|i| deq[j * k + i] as f64 * x[t * k + i] as f64).sum::<f64>() + bias[j] as f64;
-                        let got = out[t * n_out + j] as f64;
-                        assert!((got - exact).abs() < 1e-4, "{} n_tokens={n_tokens} t={t} j={j}: {got} vs {exact}", dtype.name());
+        let (k, rows) = (768, 37);
+        let case = Case { k, rows, w_f32: random(&mut seed, k * rows), bias: random(&mut seed, rows) };
+        for threads in [1, 3] {
+            let pool = ThreadPool::new(threads).unwrap();
+            for &dtype in DType::ALL {
+                let (w, deq) = quantized(dtype, &case);
+                let matrix = Matrix { bytes: &w, dtype, k, rows };
+                for n_tokens in [1, 2, 7, 13] {
+                    let x = random(&mut seed, n_tokens * k);
+                    let mut out = vec![f32::NAN; n_tokens * rows];
+                    matmul(&pool, &x, n_tokens, matrix, Some(&case.bias), &mut out);
+                    for t in 0..n_tokens {
+                        for j in 0..rows {
+                            let exact: f64 = (0..k).map(|i| deq[j * k + i] as f64 * x[t * k + i] as f64).sum::<f64>() + case.bias[j] as f64;
+                            let got = out[t * rows + j] as f64;
+                            assert!((got - exact).abs() < 1e-4, "{dtype} threads={threads} n_tokens={n_tokens} t={t} j={j}: {got} vs {exact}");
+                        }
                     }
                 }
+            }
+        }
+    }
+
+    /// The quantized-activation path against the same reference with x quantized the same
+    /// way: only f32 rounding differs.
+    #[test]
+    fn matvec_quantized_matches_reference() {
+        let mut seed = 5u32;
+        let (k, rows) = (512, 45);
+        let case = Case { k, rows, w_f32: random(&mut seed, k * rows), bias: random(&mut seed, rows) };
+        let pool = ThreadPool::new(2).unwrap();
+        for &dtype in DType::ALL {
+            let Some(kernel) = simd::vec_dot(dtype) else { continue };
+            let (w, deq) = quantized(dtype, &case);
+            let x = random(&mut seed, k);
+            let mut xq = vec![0u8; kernel.act_type.row_bytes(k).unwrap()];
+            quantize_activations(&x, kernel.act_type, &mut xq);
+            let mut xd = vec![0f32; k];
+            (kernel.act_type.traits().to_f32)(&xq, &mut xd);
+            let mut out = vec![f32::NAN; rows];
+            matvec_quantized(&pool, &xq, kernel, Matrix { bytes: &w, dtype, k, rows }, Some(&case.bias), &mut out);
+            for j in 0..rows {
+                let w = &deq[j * k..(j + 1) * k];
+                let exact: f64 = w.iter().zip(&xd).map(|(&w, &x)| w as f64 * x as f64).sum::<f64>() + case.bias[j] as f64;
+                let tolerance = 1e-4 + simd::q8_1_sum_rounding(kernel.act_type, w, &xd);
+                assert!((out[j] as f64 - exact).abs() < tolerance, "{dtype} j={j}: {} vs {exact}", out[j]);
             }
         }
     }

@@ -1,16 +1,19 @@
 //! CPU kernels over f32 activations. Each has a plain scalar form; where a SIMD form
-//! exists it is chosen at run time by CPU feature detection and tested against the scalar.
-//! Parallel kernels run on the caller's rayon pool (the runtime installs one per session
-//! with the requested thread count).
+//! exists it is chosen once at startup by CPU feature detection (`simd`) and tested against
+//! the scalar one. Parallel kernels run on a [`ThreadPool`] the caller owns.
 
 mod attention;
+mod gemm;
 mod matmul;
 mod norm;
+pub mod pool;
 mod rope;
+pub mod simd;
 mod vec;
 
 pub use attention::{attention, softmax, AttentionShape};
-pub use matmul::matmul;
+pub use matmul::{matmul, matvec_quantized, quantize_activations, Matrix};
 pub use norm::rms_norm;
+pub use pool::ThreadPool;
 pub use rope::{rope, RopeParams, RopeStyle};
 pub use vec::{add, dot, silu_mul};

@@ -38,6 +38,7 @@ pub mod q4_1;
 pub mod q5_0;
 pub mod q5_1;
 pub mod q8_0;
+pub mod q8_1;
 
 /// The f16 stored little-endian at `block[offset..offset + 2]`, widened to f32 (exact).
 #[inline(always)]

@@ -14,7 +14,7 @@ pub const BLOCK_BYTES: usize = QK_K / 8 + QK_K / 4 + 12 + 2;
 /// The 16 scales, 6 bits each, stored biased by 32 in 12 bytes: the low 4 bits of group g are
 /// the low nibble of byte g (g < 8) or the high nibble of byte g - 8; the top 2 bits are at
 /// shift 2 * (g / 4) in byte 8 + g % 4.
-fn unpack_scales(packed: &[u8]) -> [i8; 16] {
+pub(crate) fn unpack_scales(packed: &[u8]) -> [i8; 16] {
     let mut scales = [0i8; 16];
     for (g, scale) in scales.iter_mut().enumerate() {
         let low = if g < 8 { packed[g] & 0x0f } else { packed[g - 8] >> 4 };

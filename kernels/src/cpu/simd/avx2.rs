@@ -1,0 +1,491 @@
+//! AVX2 + FMA + F16C kernels: the integer dot products of each weight type with its 8-bit
+//! activation type (the arithmetic of ggml's ggml_vec_dot_*_AVX2), and the float dots.
+//!
+//! The integer core is `_mm256_maddubs_epi16`: 32 unsigned × signed byte products, summed in
+//! pairs to 16 i16, then `_mm256_madd_epi16` sums pairs again to 8 i32 (times a per-group
+//! scale where the type has one). Signed weights use |w| and sign(w)·a, so the unsigned operand
+//! is the weight. No i16 sum overflows: |w| ≤ 63 and |a| ≤ 127 bound a pair by 16002.
+//!
+//! Every function here is `unsafe` only because of its `target_feature`: the dispatcher in
+//! `simd/mod.rs` hands them out only after detecting the features. Lengths are asserted.
+
+use std::arch::x86_64::*;
+
+use crate::quants::k_quants::{q2_k, q3_k, q4_k, q5_k, q6_k, q8_k, scale_min_k4, QK_K};
+use crate::quants::{q4_0, q4_1, q5_0, q5_1, q8_0, q8_1};
+
+/// The f16 at `p`, widened by the F16C unit.
+#[inline(always)]
+unsafe fn f16_at(p: *const u8) -> f32 {
+    _mm_cvtss_f32(f16_pair(u16::from_le_bytes([*p, *p.add(1)]) as u32))
+}
+
+/// The two f16 at `p` (a block's d and m, or Q8_1's d and s) widened: lanes [first, second].
+#[inline(always)]
+unsafe fn f16_pair_at(p: *const u8) -> __m128 {
+    f16_pair(u32::from_le_bytes([*p, *p.add(1), *p.add(2), *p.add(3)]))
+}
+
+/// Two f16 in a u32 → [low, high, 0, 0]. In asm because the compiler, seeing that only the
+/// low lanes of `vcvtph2ps` matter, turns any zero-extending move into `vpinsrw` on a
+/// register of its choosing, which merges with that register's old value: it picked the
+/// loop's accumulator, chaining every block to the previous one's sum (3x slower loops).
+#[inline(always)]
+unsafe fn f16_pair(bits: u32) -> __m128 {
+    let out: __m128;
+    std::arch::asm!(
+        "vmovd {x}, {bits:e}",
+        "vcvtph2ps {x}, {x}",
+        bits = in(reg) bits,
+        x = out(xmm_reg) out,
+        options(pure, nomem, nostack, preserves_flags),
+    );
+    out
+}
+
+#[inline(always)]
+unsafe fn f32_at(p: *const u8) -> f32 {
+    f32::from_le_bytes([*p, *p.add(1), *p.add(2), *p.add(3)])
+}
+
+#[inline(always)]
+unsafe fn hsum(v: __m256) -> f32 {
+    let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+    _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)))
+}
+
+#[inline(always)]
+unsafe fn load(p: *const u8) -> __m256i {
+    _mm256_loadu_si256(p as *const __m256i)
+}
+
+/// 16 bytes of packed nibbles → 32 bytes: low nibbles first, then high nibbles (the order of
+/// the weights in the 32-blocks: byte j holds weights j and j + 16).
+#[inline(always)]
+unsafe fn nibbles(p: *const u8) -> __m256i {
+    let packed = _mm_loadu_si128(p as *const __m128i);
+    let both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
+    _mm256_and_si256(both, _mm256_set1_epi8(0x0f))
+}
+
+/// Byte j = 0xFF where bit j of the little-endian u32 at `p` is set, else 0.
+#[inline(always)]
+unsafe fn bit_mask_bytes(p: *const u8) -> __m256i {
+    let bits = u32::from_le_bytes([*p, *p.add(1), *p.add(2), *p.add(3)]);
+    let spread = _mm256_shuffle_epi8(
+        _mm256_set1_epi32(bits as i32),
+        _mm256_set_epi64x(0x0303_0303_0303_0303, 0x0202_0202_0202_0202, 0x0101_0101_0101_0101, 0),
+    );
+    let others = _mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe));
+    _mm256_cmpeq_epi8(others, _mm256_set1_epi64x(-1))
+}
+
+/// Each 16-bit lane shifted right by `count` bits (AVX2 has no per-lane 16-bit variable shift).
+#[inline(always)]
+unsafe fn shr16(x: __m256i, count: impl Into<i64>) -> __m256i {
+    _mm256_srl_epi16(x, _mm_cvtsi64_si128(count.into()))
+}
+
+/// Σ u·s over 32 byte pairs (u unsigned ≤ 127, s signed), as 8 i32 partial sums.
+#[inline(always)]
+unsafe fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+}
+
+/// Σ x·y over 32 signed byte pairs, as 8 i32 partial sums.
+#[inline(always)]
+unsafe fn dot_i8_i8(x: __m256i, y: __m256i) -> __m256i {
+    dot_u8_i8(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
+}
+
+/// How far ahead of the block being computed the weights are prefetched. The hardware
+/// prefetchers alone keep too few loads in flight when a matvec streams a matrix larger
+/// than the caches: measured on a 100 MB q8_0 matrix, 6.8 GB/s without and 11-12 GB/s
+/// (the machine's read bandwidth) with 2 KiB of lead (benches/kernels.rs, matvec_q8_memory).
+const PREFETCH_AHEAD: usize = 2048;
+
+/// Prefetches the cache lines `PREFETCH_AHEAD` bytes past a block of `bytes` at `p`. Only a
+/// hint: addresses past the end of the row are never dereferenced.
+#[inline(always)]
+unsafe fn prefetch_ahead(p: *const u8, bytes: usize) {
+    let mut offset = 0;
+    while offset < bytes {
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_AHEAD + offset) as *const i8);
+        offset += 64;
+    }
+}
+
+/// Number of blocks, after checking that weights and activations describe the same length.
+fn blocks(row: &[u8], row_block: usize, act: &[u8], act_block: usize) -> usize {
+    let n = row.len() / row_block;
+    assert!(row.len() == n * row_block && act.len() == n * act_block, "vec_dot: {} weight bytes and {} activation bytes are not the same number of blocks", row.len(), act.len());
+    n
+}
+
+// ---- 32-value blocks against Q8_0 / Q8_1
+
+
+/// For a block with a minimum (d, m at `w`) against Q8_1 (d, s at `a`): returns d_w·d_a
+/// broadcast for the integer sum, and adds m·s, the minimum's share, to lane 1 of `mins`.
+#[inline(always)]
+unsafe fn block_scales_with_min(w: *const u8, a: *const u8, mins: &mut __m128) -> __m256 {
+    let products = _mm_mul_ps(f16_pair_at(w), f16_pair_at(a)); // [d·da, m·s, 0, 0]
+    *mins = _mm_add_ps(*mins, products);
+    _mm256_broadcastss_ps(products)
+}
+
+/// Q4_0 and Q5_0 are Q4_1 and Q5_1 with the minimum fixed at -8·d and -16·d: the levels go
+/// unsigned into `maddubs` (no sign juggling) and the offset is paid once per block through
+/// Q8_1's activation sum s. Returns d_w·d_a broadcast and adds d_w·s_a to lane 1 of `sums`.
+#[inline(always)]
+unsafe fn block_scales_with_offset(w: *const u8, a: *const u8, sums: &mut __m128) -> __m256 {
+    let d = f16_pair(u16::from_le_bytes([*w, *w.add(1)]) as u32 * 0x0001_0001); // [d, d]
+    let products = _mm_mul_ps(d, f16_pair_at(a)); // [d·da, d·s, 0, 0]
+    *sums = _mm_add_ps(*sums, products);
+    _mm256_broadcastss_ps(products)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q4_0_q8_1(row: &[u8], act: &[u8]) -> f32 {
+    let n = blocks(row, q4_0::BLOCK_BYTES, act, q8_1::BLOCK_BYTES);
+    let mut acc = _mm256_setzero_ps();
+    let mut offsets = _mm_setzero_ps();
+    for i in 0..n {
+        let (w, a) = (row.as_ptr().add(i * q4_0::BLOCK_BYTES), act.as_ptr().add(i * q8_1::BLOCK_BYTES));
+        prefetch_ahead(w, q4_0::BLOCK_BYTES);
+        let d = block_scales_with_offset(w, a, &mut offsets);
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_u8_i8(nibbles(w.add(2)), load(a.add(4)))), acc);
+    }
+    hsum(acc) - 8.0 * _mm_cvtss_f32(_mm_shuffle_ps(offsets, offsets, 1))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q4_1_q8_1(row: &[u8], act: &[u8]) -> f32 {
+    let n = blocks(row, q4_1::BLOCK_BYTES, act, q8_1::BLOCK_BYTES);
+    let mut acc = _mm256_setzero_ps();
+    let mut mins = _mm_setzero_ps();
+    for i in 0..n {
+        let (w, a) = (row.as_ptr().add(i * q4_1::BLOCK_BYTES), act.as_ptr().add(i * q8_1::BLOCK_BYTES));
+        prefetch_ahead(w, q4_1::BLOCK_BYTES);
+        let d = block_scales_with_min(w, a, &mut mins);
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_u8_i8(nibbles(w.add(4)), load(a.add(4)))), acc);
+    }
+    hsum(acc) + _mm_cvtss_f32(_mm_shuffle_ps(mins, mins, 1))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q5_0_q8_1(row: &[u8], act: &[u8]) -> f32 {
+    let n = blocks(row, q5_0::BLOCK_BYTES, act, q8_1::BLOCK_BYTES);
+    let mut acc = _mm256_setzero_ps();
+    let mut offsets = _mm_setzero_ps();
+    for i in 0..n {
+        let (w, a) = (row.as_ptr().add(i * q5_0::BLOCK_BYTES), act.as_ptr().add(i * q8_1::BLOCK_BYTES));
+        prefetch_ahead(w, q5_0::BLOCK_BYTES);
+        let d = block_scales_with_offset(w, a, &mut offsets);
+        let fifth = _mm256_and_si256(bit_mask_bytes(w.add(2)), _mm256_set1_epi8(0x10));
+        let q = _mm256_or_si256(nibbles(w.add(6)), fifth);
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_u8_i8(q, load(a.add(4)))), acc);
+    }
+    hsum(acc) - 16.0 * _mm_cvtss_f32(_mm_shuffle_ps(offsets, offsets, 1))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q5_1_q8_1(row: &[u8], act: &[u8]) -> f32 {
+    let n = blocks(row, q5_1::BLOCK_BYTES, act, q8_1::BLOCK_BYTES);
+    let mut acc = _mm256_setzero_ps();
+    let mut mins = _mm_setzero_ps();
+    for i in 0..n {
+        let (w, a) = (row.as_ptr().add(i * q5_1::BLOCK_BYTES), act.as_ptr().add(i * q8_1::BLOCK_BYTES));
+        prefetch_ahead(w, q5_1::BLOCK_BYTES);
+        let d = block_scales_with_min(w, a, &mut mins);
+        let fifth = _mm256_and_si256(bit_mask_bytes(w.add(4)), _mm256_set1_epi8(0x10));
+        let q = _mm256_or_si256(nibbles(w.add(8)), fifth);
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_u8_i8(q, load(a.add(4)))), acc);
+    }
+    hsum(acc) + _mm_cvtss_f32(_mm_shuffle_ps(mins, mins, 1))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q8_0_q8_0(row: &[u8], act: &[u8]) -> f32 {
+    let n = blocks(row, q8_0::BLOCK_BYTES, act, q8_0::BLOCK_BYTES);
+    let mut acc = _mm256_setzero_ps();
+    for i in 0..n {
+        let (w, a) = (row.as_ptr().add(i * q8_0::BLOCK_BYTES), act.as_ptr().add(i * q8_0::BLOCK_BYTES));
+        prefetch_ahead(w, q8_0::BLOCK_BYTES);
+        let d = _mm256_set1_ps(f16_at(w) * f16_at(a));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_i8_i8(load(w.add(2)), load(a.add(2)))), acc);
+    }
+    hsum(acc)
+}
+
+// ---- k-quants against Q8_K
+//
+// A Q8_K block: d: f32 at 0, qs at 4, bsums (i16 sums of each 16 qs) at 4 + 256.
+
+const Q8K_QS: usize = 4;
+const Q8K_BSUMS: usize = 4 + QK_K;
+
+#[inline(always)]
+unsafe fn bsum(a: *const u8, group: usize) -> i32 {
+    let p = a.add(Q8K_BSUMS + 2 * group);
+    i16::from_le_bytes([*p, *p.add(1)]) as i32
+}
+
+/// 32 levels (unsigned) × 32 activations, the first 16 products scaled by `scale_lo`, the
+/// last 16 by `scale_hi`, as 8 i32 partial sums. `offset`·a is subtracted from each product
+/// first (for types whose levels are stored biased).
+#[inline(always)]
+unsafe fn scaled_dot(levels: __m256i, a: __m256i, offset: Option<__m256i>, scale_lo: i16, scale_hi: i16) -> __m256i {
+    let mut products = _mm256_maddubs_epi16(levels, a);
+    if let Some(offset) = offset {
+        products = _mm256_sub_epi16(products, _mm256_maddubs_epi16(offset, a));
+    }
+    let scales = _mm256_set_m128i(_mm_set1_epi16(scale_hi), _mm_set1_epi16(scale_lo));
+    _mm256_madd_epi16(scales, products)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q2_k_q8_k(row: &[u8], act: &[u8]) -> f32 {
+    let n = blocks(row, q2_k::BLOCK_BYTES, act, q8_k::BLOCK_BYTES);
+    let mut acc = _mm256_setzero_ps();
+    let mut mins = 0.0f32;
+    let m3 = _mm256_set1_epi8(3);
+    for i in 0..n {
+        let (w, a) = (row.as_ptr().add(i * q2_k::BLOCK_BYTES), act.as_ptr().add(i * q8_k::BLOCK_BYTES));
+        prefetch_ahead(w, q2_k::BLOCK_BYTES);
+        let scales = std::slice::from_raw_parts(w, 16);
+        let da = f32_at(a);
+        let min_sum: i32 = (0..16).map(|g| (scales[g] >> 4) as i32 * bsum(a, g)).sum();
+        mins -= da * f16_at(w.add(82)) * min_sum as f32;
+        let mut sum = _mm256_setzero_si256();
+        for half in 0..2 {
+            let bits = load(w.add(16 + 32 * half));
+            for s in 0..4 {
+                let levels = _mm256_and_si256(shr16(bits, 2 * s as i16), m3);
+                let g = 8 * half + 2 * s;
+                let q8 = load(a.add(Q8K_QS + 128 * half + 32 * s));
+                sum = _mm256_add_epi32(sum, scaled_dot(levels, q8, None, (scales[g] & 15) as i16, (scales[g + 1] & 15) as i16));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(da * f16_at(w.add(80))), _mm256_cvtepi32_ps(sum), acc);
+    }
+    hsum(acc) + mins
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q3_k_q8_k(row: &[u8], act: &[u8]) -> f32 {
+    let n = blocks(row, q3_k::BLOCK_BYTES, act, q8_k::BLOCK_BYTES);
+    let mut acc = _mm256_setzero_ps();
+    let m3 = _mm256_set1_epi8(3);
+    let one = _mm256_set1_epi8(1);
+    for i in 0..n {
+        let (w, a) = (row.as_ptr().add(i * q3_k::BLOCK_BYTES), act.as_ptr().add(i * q8_k::BLOCK_BYTES));
+        prefetch_ahead(w, q3_k::BLOCK_BYTES);
+        let scales = q3_k::unpack_scales(std::slice::from_raw_parts(w.add(96), 12));
+        // A clear high bit means level - 4: subtract 4·a there.
+        let high_clear = _mm256_xor_si256(load(w), _mm256_set1_epi8(-1));
+        let mut sum = _mm256_setzero_si256();
+        for half in 0..2 {
+            let bits = load(w.add(32 + 32 * half));
+            for s in 0..4 {
+                let levels = _mm256_and_si256(shr16(bits, 2 * s as i16), m3);
+                let minus_4 = _mm256_slli_epi16(_mm256_and_si256(shr16(high_clear, (4 * half + s) as i16), one), 2);
+                let g = 8 * half + 2 * s;
+                let q8 = load(a.add(Q8K_QS + 128 * half + 32 * s));
+                sum = _mm256_add_epi32(sum, scaled_dot(levels, q8, Some(minus_4), scales[g] as i16, scales[g + 1] as i16));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f32_at(a) * f16_at(w.add(108))), _mm256_cvtepi32_ps(sum), acc);
+    }
+    hsum(acc)
+}
+
+/// Q4_K and Q5_K share everything but the fifth bit: 8 groups of 32 with 6-bit scales and
+/// mins, groups 2c and 2c + 1 in the low and high nibbles of stride c.
+#[inline(always)]
+unsafe fn q45_k_q8_k<const FIFTH_BIT: bool>(row: &[u8], act: &[u8], block_bytes: usize) -> f32 {
+    let n = blocks(row, block_bytes, act, q8_k::BLOCK_BYTES);
+    let qs_offset = if FIFTH_BIT { 48 } else { 16 };
+    let mut acc = _mm256_setzero_ps();
+    let mut mins = 0.0f32;
+    let m4 = _mm256_set1_epi8(0x0f);
+    let one = _mm256_set1_epi8(1);
+    for i in 0..n {
+        let (w, a) = (row.as_ptr().add(i * block_bytes), act.as_ptr().add(i * q8_k::BLOCK_BYTES));
+        prefetch_ahead(w, block_bytes);
+        let packed = std::slice::from_raw_parts(w.add(4), 12);
+        let da = f32_at(a);
+        let mut scales = [0i16; 8];
+        let mut min_sum = 0i32;
+        for (j, scale) in scales.iter_mut().enumerate() {
+            let (sc, m) = scale_min_k4(j, packed);
+            *scale = sc as i16;
+            min_sum += m as i32 * (bsum(a, 2 * j) + bsum(a, 2 * j + 1));
+        }
+        mins -= da * f16_at(w.add(2)) * min_sum as f32;
+        let high = if FIFTH_BIT { load(w.add(16)) } else { _mm256_setzero_si256() };
+        let mut sum = _mm256_setzero_si256();
+        for c in 0..4 {
+            let bits = load(w.add(qs_offset + 32 * c));
+            let mut lo = _mm256_and_si256(bits, m4);
+            let mut hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+            if FIFTH_BIT {
+                let bit = |j: i16| _mm256_slli_epi16(_mm256_and_si256(shr16(high, j), one), 4);
+                lo = _mm256_or_si256(lo, bit(2 * c as i16));
+                hi = _mm256_or_si256(hi, bit(2 * c as i16 + 1));
+            }
+            let q8 = a.add(Q8K_QS + 64 * c);
+            let (s0, s1) = (scales[2 * c], scales[2 * c + 1]);
+            sum = _mm256_add_epi32(sum, scaled_dot(lo, load(q8), None, s0, s0));
+            sum = _mm256_add_epi32(sum, scaled_dot(hi, load(q8.add(32)), None, s1, s1));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(da * f16_at(w)), _mm256_cvtepi32_ps(sum), acc);
+    }
+    hsum(acc) + mins
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q4_k_q8_k(row: &[u8], act: &[u8]) -> f32 {
+    q45_k_q8_k::<false>(row, act, q4_k::BLOCK_BYTES)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q5_k_q8_k(row: &[u8], act: &[u8]) -> f32 {
+    q45_k_q8_k::<true>(row, act, q5_k::BLOCK_BYTES)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q6_k_q8_k(row: &[u8], act: &[u8]) -> f32 {
+    let n = blocks(row, q6_k::BLOCK_BYTES, act, q8_k::BLOCK_BYTES);
+    let mut acc = _mm256_setzero_ps();
+    let (m4, m2, bias) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(3), _mm256_set1_epi8(32));
+    for i in 0..n {
+        let (w, a) = (row.as_ptr().add(i * q6_k::BLOCK_BYTES), act.as_ptr().add(i * q8_k::BLOCK_BYTES));
+        prefetch_ahead(w, q6_k::BLOCK_BYTES);
+        let scales = std::slice::from_raw_parts(w.add(192), 16);
+        let mut sum = _mm256_setzero_si256();
+        for half in 0..2 {
+            let low_a = load(w.add(64 * half));
+            let low_b = load(w.add(64 * half + 32));
+            let high = load(w.add(128 + 32 * half));
+            let top = |s: i32| _mm256_slli_epi16(_mm256_and_si256(shr16(high, 2 * s as i16), m2), 4);
+            let levels = [
+                _mm256_or_si256(_mm256_and_si256(low_a, m4), top(0)),
+                _mm256_or_si256(_mm256_and_si256(low_b, m4), top(1)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(low_a, 4), m4), top(2)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(low_b, 4), m4), top(3)),
+            ];
+            for (s, levels) in levels.into_iter().enumerate() {
+                let g = 8 * half + 2 * s;
+                let q8 = load(a.add(Q8K_QS + 128 * half + 32 * s));
+                sum = _mm256_add_epi32(sum, scaled_dot(levels, q8, Some(bias), scales[g] as i8 as i16, scales[g + 1] as i8 as i16));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f32_at(a) * f16_at(w.add(208))), _mm256_cvtepi32_ps(sum), acc);
+    }
+    hsum(acc)
+}
+
+// ---- float weights against f32 activations
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn f16_f32(row: &[u8], x: &[f32]) -> f32 {
+    assert_eq!(row.len(), 2 * x.len(), "f16 dot: {} bytes for {} values", row.len(), x.len());
+    let n = x.len();
+    let mut acc = [_mm256_setzero_ps(); 2];
+    let mut i = 0;
+    while i + 16 <= n {
+        for (j, acc) in acc.iter_mut().enumerate() {
+            let w = _mm256_cvtph_ps(_mm_loadu_si128(row.as_ptr().add(2 * (i + 8 * j)) as *const __m128i));
+            *acc = _mm256_fmadd_ps(w, _mm256_loadu_ps(x.as_ptr().add(i + 8 * j)), *acc);
+        }
+        i += 16;
+    }
+    let mut total = hsum(_mm256_add_ps(acc[0], acc[1]));
+    while i < n {
+        total += f16_at(row.as_ptr().add(2 * i)) * x[i];
+        i += 1;
+    }
+    total
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn bf16_f32(row: &[u8], x: &[f32]) -> f32 {
+    assert_eq!(row.len(), 2 * x.len(), "bf16 dot: {} bytes for {} values", row.len(), x.len());
+    let n = x.len();
+    let mut acc = [_mm256_setzero_ps(); 2];
+    let mut i = 0;
+    while i + 16 <= n {
+        for (j, acc) in acc.iter_mut().enumerate() {
+            let bits = _mm256_cvtepu16_epi32(_mm_loadu_si128(row.as_ptr().add(2 * (i + 8 * j)) as *const __m128i));
+            let w = _mm256_castsi256_ps(_mm256_slli_epi32(bits, 16));
+            *acc = _mm256_fmadd_ps(w, _mm256_loadu_ps(x.as_ptr().add(i + 8 * j)), *acc);
+        }
+        i += 16;
+    }
+    let mut total = hsum(_mm256_add_ps(acc[0], acc[1]));
+    while i < n {
+        let bits = u16::from_le_bytes([row[2 * i], row[2 * i + 1]]) as u32;
+        total += f32::from_bits(bits << 16) * x[i];
+        i += 1;
+    }
+    total
+}
+
+// ---- activation quantization
+
+/// One 32-value block to Q8_0 (`with_sum` false: d | qs) or Q8_1 (true: d | s | qs), as
+/// quantize_row_q8_0/q8_1_ref but rounding halves to even (the vector unit's rounding; ggml's
+/// AVX2 quantizer does the same). Lengths are the caller's: 32 values in, 34 or 36 bytes out.
+#[inline(always)]
+unsafe fn quantize_block_q8(x: *const f32, out: *mut u8, with_sum: bool) {
+    let v = [_mm256_loadu_ps(x), _mm256_loadu_ps(x.add(8)), _mm256_loadu_ps(x.add(16)), _mm256_loadu_ps(x.add(24))];
+    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+    let mut max = _mm256_and_ps(v[0], abs_mask);
+    for v in &v[1..] {
+        max = _mm256_max_ps(max, _mm256_and_ps(*v, abs_mask));
+    }
+    let quad = _mm_max_ps(_mm256_castps256_ps128(max), _mm256_extractf128_ps(max, 1));
+    let pair = _mm_max_ps(quad, _mm_movehl_ps(quad, quad));
+    let amax = _mm_cvtss_f32(_mm_max_ss(pair, _mm_movehdup_ps(pair)));
+    let d = amax / 127.0;
+    let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+    let ints = v.map(|v| _mm256_cvtps_epi32(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(v, id))));
+    let qs_offset = if with_sum { 4 } else { 2 };
+    if with_sum {
+        let total = _mm256_add_epi32(_mm256_add_epi32(ints[0], ints[1]), _mm256_add_epi32(ints[2], ints[3]));
+        let quad = _mm_add_epi32(_mm256_castsi256_si128(total), _mm256_extracti128_si256(total, 1));
+        let pair = _mm_add_epi32(quad, _mm_shuffle_epi32(quad, 0b01_00_11_10));
+        let sum = _mm_cvtsi128_si32(_mm_add_epi32(pair, _mm_shuffle_epi32(pair, 0b10_11_00_01)));
+        let s = half::f16::from_f32(sum as f32 * d).to_le_bytes();
+        *out.add(2) = s[0];
+        *out.add(3) = s[1];
+    }
+    // i32 → i16 → i8 packs interleave the 128-bit lanes; the permute restores the order.
+    let words = [_mm256_packs_epi32(ints[0], ints[1]), _mm256_packs_epi32(ints[2], ints[3])];
+    let bytes = _mm256_packs_epi16(words[0], words[1]);
+    let ordered = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(out.add(qs_offset) as *mut __m256i, ordered);
+    let d_bytes = half::f16::from_f32(d).to_le_bytes();
+    *out = d_bytes[0];
+    *out.add(1) = d_bytes[1];
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize_q8_0(x: &[f32], out: &mut [u8]) {
+    let n = x.len() / q8_0::QK;
+    assert!(x.len() == n * q8_0::QK && out.len() == n * q8_0::BLOCK_BYTES, "quantize_q8_0: {} values into {} bytes", x.len(), out.len());
+    for i in 0..n {
+        quantize_block_q8(x.as_ptr().add(i * q8_0::QK), out.as_mut_ptr().add(i * q8_0::BLOCK_BYTES), false);
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize_q8_1(x: &[f32], out: &mut [u8]) {
+    let n = x.len() / q8_1::QK;
+    assert!(x.len() == n * q8_1::QK && out.len() == n * q8_1::BLOCK_BYTES, "quantize_q8_1: {} values into {} bytes", x.len(), out.len());
+    for i in 0..n {
+        quantize_block_q8(x.as_ptr().add(i * q8_1::QK), out.as_mut_ptr().add(i * q8_1::BLOCK_BYTES), true);
+    }
+}

@@ -1,0 +1,285 @@
+//! Kernel variants by instruction set, chosen once per process from the CPU's features.
+//!
+//! Each weight type's integer dot product (`vec_dot`, weights · 8-bit activations of the
+//! table's `vec_dot_type`) exists per instruction set; the scalar reference that every variant
+//! is tested against is [`vec_dot_reference`]: dequantize both sides, dot in f64.
+//! Where no variant exists for this CPU, callers keep activations in f32 and use the table's
+//! exact `dot_f32`, so quantizing activations only ever happens where it is faster.
+//!
+//! `RETORT_ISA=scalar` forces the portable kernels (for comparisons and tests).
+
+use std::sync::OnceLock;
+
+use crate::dtype::DType;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "aarch64")]
+mod neon;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    Scalar,
+    /// AVX2 + FMA + F16C (x86-64 since Haswell / Zen).
+    Avx2,
+    /// Advanced SIMD, baseline on aarch64.
+    Neon,
+}
+
+/// The instruction set the kernels use on this machine.
+pub fn isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        let isa = if std::env::var("RETORT_ISA").is_ok_and(|v| v.eq_ignore_ascii_case("scalar")) { Isa::Scalar } else { detect() };
+        log::debug!("cpu kernels: {isa:?}");
+        isa
+    })
+}
+
+fn detect() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
+        return Isa::Avx2;
+    }
+    #[cfg(target_arch = "aarch64")]
+    if std::arch::is_aarch64_feature_detected!("neon") {
+        return Isa::Neon;
+    }
+    Isa::Scalar
+}
+
+/// An integer dot product: weights of some type · activations quantized to `act_type`.
+#[derive(Clone, Copy)]
+pub struct VecDot {
+    pub act_type: DType,
+    pub dot: fn(row: &[u8], act: &[u8]) -> f32,
+}
+
+/// Wraps a `target_feature` kernel in a safe fn pointer. Only used below, after `isa()` has
+/// found the features the kernel is compiled for.
+macro_rules! checked {
+    ($kernel:path, $act:ty) => {{
+        fn call(row: &[u8], act: $act) -> f32 {
+            // SAFETY: handed out only when `isa()` detected this kernel's target features.
+            unsafe { $kernel(row, act) }
+        }
+        call as fn(&[u8], $act) -> f32
+    }};
+}
+
+macro_rules! checked_quantizer {
+    ($kernel:path) => {{
+        fn call(x: &[f32], out: &mut [u8]) {
+            // SAFETY: handed out only when `isa()` detected this kernel's target features.
+            unsafe { $kernel(x, out) }
+        }
+        call as fn(&[f32], &mut [u8])
+    }};
+}
+
+/// The fastest integer dot product of `dtype` weights on this CPU, if there is one.
+pub fn vec_dot(dtype: DType) -> Option<VecDot> {
+    vec_dot_for(isa(), dtype)
+}
+
+/// `vec_dot` for a given instruction set (which must be this CPU's or a subset of it).
+pub fn vec_dot_for(isa: Isa, dtype: DType) -> Option<VecDot> {
+    let dot: fn(&[u8], &[u8]) -> f32 = match isa {
+        Isa::Scalar => return None,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => match dtype {
+            DType::Q4_0 => checked!(avx2::q4_0_q8_1, &[u8]),
+            DType::Q4_1 => checked!(avx2::q4_1_q8_1, &[u8]),
+            DType::Q5_0 => checked!(avx2::q5_0_q8_1, &[u8]),
+            DType::Q5_1 => checked!(avx2::q5_1_q8_1, &[u8]),
+            DType::Q8_0 => checked!(avx2::q8_0_q8_0, &[u8]),
+            DType::Q2_K => checked!(avx2::q2_k_q8_k, &[u8]),
+            DType::Q3_K => checked!(avx2::q3_k_q8_k, &[u8]),
+            DType::Q4_K => checked!(avx2::q4_k_q8_k, &[u8]),
+            DType::Q5_K => checked!(avx2::q5_k_q8_k, &[u8]),
+            DType::Q6_K => checked!(avx2::q6_k_q8_k, &[u8]),
+            _ => return None,
+        },
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => match dtype {
+            DType::Q4_0 => checked!(neon::q4_0_q8_1, &[u8]),
+            DType::Q4_1 => checked!(neon::q4_1_q8_1, &[u8]),
+            DType::Q8_0 => checked!(neon::q8_0_q8_0, &[u8]),
+            _ => return None,
+        },
+        #[allow(unreachable_patterns)]
+        _ => return None,
+    };
+    Some(VecDot { act_type: dtype.traits().vec_dot_type, dot })
+}
+
+/// The fastest quantizer of activations to `act_type` (an 8-bit `vec_dot_type`). The vector
+/// ones round halves to even where the reference rounds them away from zero; any other
+/// value is the reference's.
+pub fn quantize_activations(act_type: DType) -> fn(&[f32], &mut [u8]) {
+    match (isa(), act_type) {
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, DType::Q8_0) => checked_quantizer!(avx2::quantize_q8_0),
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, DType::Q8_1) => checked_quantizer!(avx2::quantize_q8_1),
+        _ => act_type.traits().from_f32.expect("activation types have quantizers"),
+    }
+}
+
+/// The fastest dot of a `dtype` row with f32 activations (exact: no activation rounding).
+pub fn dot_f32(dtype: DType) -> fn(&[u8], &[f32]) -> f32 {
+    dot_f32_for(isa(), dtype)
+}
+
+pub fn dot_f32_for(isa: Isa, dtype: DType) -> fn(&[u8], &[f32]) -> f32 {
+    match (isa, dtype) {
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, DType::F16) => checked!(avx2::f16_f32, &[f32]),
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, DType::BF16) => checked!(avx2::bf16_f32, &[f32]),
+        _ => dtype.traits().dot_f32,
+    }
+}
+
+/// What every `vec_dot` variant computes: Σ dequant(row)_i · dequant(act)_i, here in f64.
+pub fn vec_dot_reference(dtype: DType, row: &[u8], act_type: DType, act: &[u8]) -> f64 {
+    let n = row.len() / dtype.type_size() * dtype.block_size();
+    let (mut w, mut a) = (vec![0f32; n], vec![0f32; n]);
+    (dtype.traits().to_f32)(row, &mut w);
+    (act_type.traits().to_f32)(act, &mut a);
+    w.iter().zip(&a).map(|(&w, &a)| w as f64 * a as f64).sum()
+}
+
+/// Q8_1 carries s = d·Σq rounded to f16, and the kernels use it for the weights' minimum
+/// term m·Σa: a rounding of up to 2⁻¹¹·|s| per block that dequantizing cannot see. This
+/// bounds it from the dequantized values (|m| ≤ the block's largest |w|), for tests.
+#[cfg(test)]
+pub(crate) fn q8_1_sum_rounding(act_type: DType, w: &[f32], a: &[f32]) -> f64 {
+    if act_type != DType::Q8_1 {
+        return 0.0;
+    }
+    w.chunks(32)
+        .zip(a.chunks(32))
+        .map(|(w, a)| {
+            let w_max = w.iter().fold(0f64, |m, &v| m.max(v.abs() as f64));
+            w_max * a.iter().map(|&v| v as f64).sum::<f64>().abs() * 2f64.powi(-10)
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn random(n: usize, seed: &mut u64, scale: f32) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                *seed ^= *seed << 13;
+                *seed ^= *seed >> 7;
+                *seed ^= *seed << 17;
+                ((*seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale
+            })
+            .collect()
+    }
+
+    fn quantize(dtype: DType, x: &[f32]) -> Vec<u8> {
+        let mut out = vec![0u8; dtype.row_bytes(x.len()).unwrap()];
+        (dtype.traits().from_f32.unwrap())(x, &mut out);
+        out
+    }
+
+    /// Σ |w_i · a_i|: the scale of the f32 rounding a dot product may carry.
+    fn tolerance(dtype: DType, row: &[u8], act_type: DType, act: &[u8]) -> f64 {
+        let n = act.len() / act_type.type_size() * act_type.block_size();
+        let (mut w, mut a) = (vec![0f32; n], vec![0f32; n]);
+        (dtype.traits().to_f32)(row, &mut w);
+        (act_type.traits().to_f32)(act, &mut a);
+        let magnitude = w.iter().zip(&a).map(|(&w, &a)| (w as f64 * a as f64).abs()).sum::<f64>() + 1e-30;
+        1e-5 * magnitude + q8_1_sum_rounding(act_type, &w, &a)
+    }
+
+    /// Every variant this CPU runs, for every weight type, on random rows (including rows
+    /// with outliers, all-zero and constant blocks) against the f64 reference. The integer
+    /// sums are exact, so the only error is f32 rounding of the per-block scaling.
+    #[test]
+    fn vec_dot_variants_match_the_reference() {
+        let mut seed = 0x1234_5678_9abc_def0u64;
+        let mut checked = 0;
+        for &dtype in DType::ALL {
+            let Some(kernel) = vec_dot(dtype) else { continue };
+            for (n, scale) in [(256, 1.0), (512, 3.0), (2048, 0.01), (256 * 7, 100.0)] {
+                let mut w = random(n, &mut seed, scale);
+                w[3] *= 50.0; // an outlier
+                w[40..72].fill(0.0); // a zero block
+                w[96..128].fill(0.25 * scale);
+                let x = random(n, &mut seed, 2.0);
+                let row = quantize(dtype, &w);
+                let act = quantize(kernel.act_type, &x);
+                let expected = vec_dot_reference(dtype, &row, kernel.act_type, &act);
+                let tolerance = tolerance(dtype, &row, kernel.act_type, &act);
+                let got = (kernel.dot)(&row, &act) as f64;
+                assert!((got - expected).abs() <= tolerance, "{dtype} n={n}: {got} vs {expected}");
+                checked += 1;
+            }
+        }
+        // AVX2 has a variant for every block weight type (10 types × 4 shapes).
+        if isa() == Isa::Avx2 {
+            assert_eq!(checked, 40, "vec_dot variants checked on an AVX2 machine");
+        }
+    }
+
+    #[test]
+    fn float_dots_match_the_table() {
+        let mut seed = 99u64;
+        for dtype in [DType::F16, DType::BF16, DType::F32] {
+            for n in [0, 1, 15, 16, 17, 100, 1000] {
+                let row = quantize(dtype, &random(n, &mut seed, 4.0));
+                let x = random(n, &mut seed, 1.0);
+                let expected = (dtype.traits().dot_f32)(&row, &x) as f64;
+                let magnitude: f64 = x.iter().map(|v| v.abs() as f64 * 2.0).sum::<f64>() + 1e-30;
+                let got = dot_f32(dtype)(&row, &x) as f64;
+                assert!((got - expected).abs() <= 1e-5 * magnitude, "{dtype} n={n}: {got} vs {expected}");
+            }
+        }
+    }
+
+    /// The vector quantizers against the table's reference on random rows: same scales,
+    /// and levels that differ (by one) only where x·(1/d) is within rounding of a half.
+    #[test]
+    fn activation_quantizers_match_the_reference() {
+        let mut seed = 7u64;
+        for act_type in [DType::Q8_0, DType::Q8_1, DType::Q8_K] {
+            for (n, scale) in [(256, 1.0), (4096, 3.0), (8960, 1e-3)] {
+                let mut x = random(n, &mut seed, scale);
+                x[5] = 0.0;
+                if n > 64 {
+                    x[32..64].fill(0.0);
+                }
+                let reference = quantize(act_type, &x);
+                let mut fast = vec![0u8; reference.len()];
+                quantize_activations(act_type)(&x, &mut fast);
+                let (mut r, mut f) = (vec![0f32; n], vec![0f32; n]);
+                (act_type.traits().to_f32)(&reference, &mut r);
+                (act_type.traits().to_f32)(&fast, &mut f);
+                let block = act_type.block_size();
+                let mut differing = 0;
+                for i in 0..n {
+                    let step = x[i / block * block..][..block].iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+                    assert!((r[i] - f[i]).abs() <= step * 1.001, "{act_type} n={n} i={i}: {} vs {}", f[i], r[i]);
+                    differing += (r[i] != f[i]) as usize;
+                }
+                assert!(differing * 1000 <= n, "{act_type}: {differing} of {n} levels differ");
+            }
+        }
+    }
+
+    #[test]
+    fn activation_types_are_the_tables() {
+        for &dtype in DType::ALL {
+            if let Some(kernel) = vec_dot(dtype) {
+                assert_eq!(kernel.act_type, dtype.traits().vec_dot_type);
+                assert_ne!(kernel.act_type, DType::F32);
+            }
+        }
+    }
+}
