@@ -73,6 +73,8 @@ pub enum Op {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KvShape {
     pub n_layer: usize,
+    /// Key/value heads: the cache keeps each head's positions contiguous.
+    pub n_head_kv: usize,
     /// Values per token per layer for keys, and for values.
     pub k_width: usize,
     pub v_width: usize,

@@ -73,7 +73,7 @@ pub fn build(file: &GgufFile, hp: &HParams) -> Result<Graph> {
     // Tied embeddings: without output.weight the token embedding is the output projection.
     let output = g.optional_weight("output.weight", &[d, n_vocab])?.unwrap_or(token_embd);
     let logits = g.matmul(x, output, None);
-    Ok(g.finish(logits, KvShape { n_layer: hp.n_layer, k_width, v_width }))
+    Ok(g.finish(logits, KvShape { n_layer: hp.n_layer, n_head_kv: hp.n_head_kv, k_width, v_width }))
 }
 
 /// Rows of the token embedding: the vocabulary the model computes logits for.

@@ -70,7 +70,7 @@ impl<'m> Executor<'m> {
             .max()
             .unwrap_or(0);
         Ok(Executor {
-            kv: KvCache::new(graph.kv, n_ctx),
+            kv: KvCache::new(graph.kv, n_ctx, DType::F32)?,
             arena: vec![0f32; plan.total],
             rows: vec![0; graph.act_widths.len()],
             weights,
@@ -92,6 +92,14 @@ impl<'m> Executor<'m> {
     /// bandwidth. Batches (prefill, eval) are exact either way.
     pub fn set_exact(&mut self, exact: bool) {
         self.exact = exact;
+    }
+
+    /// Stores keys and values as `dtype` (F32, the default, or F16). Empties the cache.
+    pub fn set_kv_type(&mut self, dtype: DType) -> Result<()> {
+        if dtype != self.kv.dtype() {
+            self.kv = KvCache::new(self.graph.kv, self.kv.n_ctx(), dtype)?;
+        }
+        Ok(())
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -213,9 +221,9 @@ impl<'m> Executor<'m> {
                 let shape = AttentionShape { n_head, n_head_kv, head_dim, v_head_dim, scale };
                 let (q_off, q_len) = (self.plan.offsets[q.0], self.rows[q.0] * self.graph.act_widths[q.0]);
                 let (o_off, o_len) = (self.plan.offsets[out.0], self.rows[out.0] * self.graph.act_widths[out.0]);
-                let (k_cache, v_cache) = self.kv.layer(layer);
+                let (keys, values) = self.kv.layer(layer);
                 let (q_slice, out_slice) = split_disjoint(&mut self.arena, q_off..q_off + q_len, o_off..o_off + o_len);
-                cpu::attention(&self.pool, q_slice, k_cache, v_cache, pos0, &shape, out_slice);
+                cpu::attention(&self.pool, q_slice, keys, values, self.kv.n_ctx(), pos0, &shape, out_slice);
             }
             Op::Add { a, b, out } => {
                 self.rows[out.0] = self.rows[a.0];

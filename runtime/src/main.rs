@@ -127,6 +127,21 @@ struct Precision {
     /// one-token steps quantize them to 8 bits, as llama.cpp does, for speed.
     #[arg(long)]
     exact: bool,
+    /// Key/value cache type: f32 (exact) or f16 (half the memory, like llama.cpp's default).
+    #[arg(long, default_value = "f32")]
+    kv_type: String,
+}
+
+impl Precision {
+    fn apply(&self, exec: &mut retort_runtime::executor::Executor) -> Result<()> {
+        exec.set_exact(self.exact);
+        let kv_type = match self.kv_type.to_ascii_lowercase().as_str() {
+            "f32" => retort_kernels::DType::F32,
+            "f16" => retort_kernels::DType::F16,
+            other => return Err(Error::Usage(format!("unknown --kv-type '{other}' (known: f32, f16)"))),
+        };
+        exec.set_kv_type(kv_type)
+    }
 }
 
 #[derive(Args)]
@@ -175,10 +190,10 @@ fn main() -> ExitCode {
         Command::Tokenize { model, text, add_special } => tokenize(model, &text, add_special),
         Command::Inspect { model, json } => inspect(model, json),
         Command::Eval { model, tokens, logits_out, one_by_one, threads, precision } => {
-            threads.get().and_then(|t| eval(model, &tokens, logits_out, one_by_one, precision.exact, t))
+            threads.get().and_then(|t| eval(model, &tokens, logits_out, one_by_one, &precision, t))
         }
         Command::Bench { model, n_prompt, n_gen, repetitions, json, threads, precision } => {
-            threads.get().and_then(|t| bench(model, n_prompt, n_gen, repetitions, json, precision.exact, t))
+            threads.get().and_then(|t| bench(model, n_prompt, n_gen, repetitions, json, &precision, t))
         }
         Command::Bandwidth { mib, threads } => threads.get().and_then(|t| bandwidth(mib, t)),
         Command::Perplexity { model, file, ctx, json, threads } => threads.get().and_then(|t| perplexity(model, file, ctx, json, t)),
@@ -228,7 +243,7 @@ fn run(args: RunArgs) -> Result<()> {
     sampler_config.validate().map_err(Error::Usage)?;
     let mut sampler = Sampler::new(sampler_config);
     let mut exec = model.executor(args.ctx, 512, false, threads)?;
-    exec.set_exact(args.precision.exact);
+    args.precision.apply(&mut exec)?;
     let stdout = std::io::stdout();
     let result = generate::generate(&mut exec, tok, &prompt, args.n_predict, &mut sampler, |text| {
         let mut out = stdout.lock();
@@ -357,10 +372,10 @@ fn value_to_json(v: &Value) -> serde_json::Value {
     }
 }
 
-fn eval(path: PathBuf, tokens: &[u32], out: PathBuf, one_by_one: bool, exact: bool, threads: usize) -> Result<()> {
+fn eval(path: PathBuf, tokens: &[u32], out: PathBuf, one_by_one: bool, precision: &Precision, threads: usize) -> Result<()> {
     let model = Model::load(&path)?;
     let mut exec = model.executor(tokens.len(), if one_by_one { 1 } else { 512 }, true, threads)?;
-    exec.set_exact(exact);
+    precision.apply(&mut exec)?;
     let logits = generate::all_logits(&mut exec, tokens)?;
     let vocab = exec.vocab_size();
     retort_runtime::npy::write_f32(&out, &[tokens.len(), vocab], &logits).map_err(|e| Error::Io(out.display().to_string(), e))?;
@@ -370,13 +385,13 @@ fn eval(path: PathBuf, tokens: &[u32], out: PathBuf, one_by_one: bool, exact: bo
 /// Like llama-bench: pp = one batch of `n_prompt` tokens from an empty cache; tg =
 /// `n_gen` single-token steps from an empty cache. Token ids are pseudo-random (the
 /// speed does not depend on them). One untimed warm-up run of each first.
-fn bench(path: PathBuf, n_prompt: usize, n_gen: usize, repetitions: usize, json: bool, exact: bool, threads: usize) -> Result<()> {
+fn bench(path: PathBuf, n_prompt: usize, n_gen: usize, repetitions: usize, json: bool, precision: &Precision, threads: usize) -> Result<()> {
     if repetitions == 0 || (n_prompt == 0 && n_gen == 0) {
         return Err(Error::Usage("nothing to measure: -r, and -p or -n, must be at least 1".into()));
     }
     let model = Model::load(&path)?;
     let mut exec = model.executor(n_prompt.max(n_gen).max(1), n_prompt.max(1), false, threads)?;
-    exec.set_exact(exact);
+    precision.apply(&mut exec)?;
     let vocab = exec.vocab_size() as u64;
     let tokens: Vec<u32> = (0..n_prompt.max(1) as u64).map(|i| ((i * 2654435761 + 12345) % vocab) as u32).collect();
     let mut time = |f: &mut dyn FnMut(&mut retort_runtime::executor::Executor) -> Result<()>| -> Result<Vec<f64>> {

@@ -3,8 +3,12 @@
 
 use std::cell::RefCell;
 
+use half::f16;
+
 use super::pool::ThreadPool;
+use super::simd::{self, Isa};
 use super::vec::dot;
+use crate::dtype::DType;
 
 thread_local! {
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -18,17 +22,78 @@ pub struct AttentionShape {
     pub scale: f32,
 }
 
+/// Keys or values of one layer, head-major: head h's row for position p starts at
+/// (h · capacity + p) · dim, so one head's positions are one contiguous stream.
+#[derive(Clone, Copy)]
+pub enum KvRows<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+}
+
+impl KvRows<'_> {
+    fn len(&self) -> usize {
+        match self {
+            KvRows::F32(r) => r.len(),
+            KvRows::F16(r) => r.len(),
+        }
+    }
+
+    /// scores[p] = scale · q · row(start + p) for p < scores.len().
+    fn scores(&self, q: &[f32], start: usize, scale: f32, scores: &mut [f32]) {
+        let dim = q.len();
+        match self {
+            KvRows::F32(rows) => {
+                for (p, s) in scores.iter_mut().enumerate() {
+                    *s = dot(q, &rows[(start + p) * dim..][..dim]) * scale;
+                }
+            }
+            KvRows::F16(rows) => {
+                let f16_dot = simd::dot_f32(DType::F16);
+                for (p, s) in scores.iter_mut().enumerate() {
+                    *s = f16_dot(bytemuck::cast_slice(&rows[(start + p) * dim..][..dim]), q) * scale;
+                }
+            }
+        }
+    }
+
+    /// out = Σ_p weights[p] · row(start + p).
+    fn weighted_sum(&self, weights: &[f32], start: usize, out: &mut [f32]) {
+        let dim = out.len();
+        let n = weights.len();
+        #[cfg(target_arch = "x86_64")]
+        if simd::isa() == Isa::Avx2 && dim % 8 == 0 {
+            // SAFETY: AVX2 was detected; the rows read lie inside the slices (indexing below
+            // checks the last one).
+            unsafe {
+                match self {
+                    KvRows::F32(rows) => simd::avx2_weighted_sum_f32(weights, &rows[start * dim..(start + n) * dim], out),
+                    KvRows::F16(rows) => simd::avx2_weighted_sum_f16(weights, &rows[start * dim..(start + n) * dim], out),
+                }
+            }
+            return;
+        }
+        out.fill(0.0);
+        for (p, &w) in weights.iter().enumerate() {
+            match self {
+                KvRows::F32(rows) => rows[(start + p) * dim..][..dim].iter().zip(out.iter_mut()).for_each(|(&v, o)| *o += w * v),
+                KvRows::F16(rows) => rows[(start + p) * dim..][..dim].iter().zip(out.iter_mut()).for_each(|(&v, o)| *o += w * v.to_f32()),
+            }
+        }
+    }
+}
+
 /// `q`: n_tokens × (n_head·head_dim), token t at position pos0 + t.
-/// `k_cache`/`v_cache`: positions 0..=pos0+n_tokens−1 already written, rows of
-/// n_head_kv·head_dim (keys) and n_head_kv·v_head_dim (values).
+/// `keys`/`values`: head-major caches of `capacity` positions per head (see [`KvRows`]),
+/// positions 0..=pos0+n_tokens−1 written.
 /// `out`: n_tokens × (n_head·v_head_dim). Token t attends to positions 0..=pos0+t.
-pub fn attention(pool: &ThreadPool, q: &[f32], k_cache: &[f32], v_cache: &[f32], pos0: usize, s: &AttentionShape, out: &mut [f32]) {
+#[allow(clippy::too_many_arguments)]
+pub fn attention(pool: &ThreadPool, q: &[f32], keys: KvRows, values: KvRows, capacity: usize, pos0: usize, s: &AttentionShape, out: &mut [f32]) {
     let (hd, vd) = (s.head_dim, s.v_head_dim);
-    let (k_row, v_row) = (s.n_head_kv * hd, s.n_head_kv * vd);
     let group = s.n_head / s.n_head_kv;
     let n_tokens = q.len() / (s.n_head * hd);
     assert_eq!(out.len(), n_tokens * s.n_head * vd);
-    assert!(k_cache.len() >= (pos0 + n_tokens) * k_row && v_cache.len() >= (pos0 + n_tokens) * v_row);
+    assert!(pos0 + n_tokens <= capacity, "attention past the cache");
+    assert!(keys.len() >= s.n_head_kv * capacity * hd && values.len() >= s.n_head_kv * capacity * vd);
 
     // One task per (token, head): each writes its own v_head_dim slice of `out`.
     let out_ptr = out.as_mut_ptr() as usize;
@@ -43,18 +108,12 @@ pub fn attention(pool: &ThreadPool, q: &[f32], k_cache: &[f32], v_cache: &[f32],
             let n_ctx = pos0 + t + 1;
             SCORES.with(|scores| {
                 let mut scores = scores.borrow_mut();
-                scores.clear();
                 // Room for the whole cache at once, so a growing context never reallocates.
-                scores.reserve(k_cache.len() / k_row);
-                scores.extend((0..n_ctx).map(|p| dot(q_h, &k_cache[p * k_row + kv_h * hd..][..hd]) * s.scale));
+                scores.reserve(capacity);
+                scores.resize(n_ctx, 0.0);
+                keys.scores(q_h, kv_h * capacity, s.scale, &mut scores);
                 softmax(&mut scores);
-                o.fill(0.0);
-                for (p, &w) in scores.iter().enumerate() {
-                    let v = &v_cache[p * v_row + kv_h * vd..][..vd];
-                    for (o, &v) in o.iter_mut().zip(v) {
-                        *o += w * v;
-                    }
-                }
+                values.weighted_sum(&scores, kv_h * capacity, o);
             });
         }
     });
@@ -88,7 +147,8 @@ mod tests {
         let v: Vec<f32> = (0..n_pos * 2).map(|i| ((i * 5 % 13) as f32 - 6.0) / 6.0).collect();
         let q: Vec<f32> = (0..n_tokens * 2 * 3).map(|i| ((i * 3 % 7) as f32 - 3.0) / 3.0).collect();
         let mut out = vec![0f32; n_tokens * 2 * 2];
-        attention(&ThreadPool::new(2).unwrap(), &q, &k, &v, pos0, &s, &mut out);
+        // one kv head: head-major and position-major are the same layout
+        attention(&ThreadPool::new(2).unwrap(), &q, KvRows::F32(&k), KvRows::F32(&v), n_pos, pos0, &s, &mut out);
         for t in 0..n_tokens {
             for h in 0..2 {
                 let qh = &q[(t * 2 + h) * 3..][..3];
@@ -100,6 +160,46 @@ mod tests {
                 for d in 0..2 {
                     let expect: f64 = scores.iter().enumerate().map(|(p, s)| (s - max).exp() / z * v[p * 2 + d] as f64).sum();
                     assert!((out[(t * 2 + h) * 2 + d] as f64 - expect).abs() < 1e-6);
+                }
+            }
+        }
+    }
+
+    /// Head-major caches with spare capacity, two KV heads of 64 (the vector path), f32 and
+    /// f16 storage, against a naive f64 computation on the stored values.
+    #[test]
+    fn head_major_f32_and_f16_caches() {
+        let s = AttentionShape { n_head: 4, n_head_kv: 2, head_dim: 64, v_head_dim: 64, scale: 0.125 };
+        let (capacity, pos0, n_tokens) = (50, 17, 5);
+        let value = |i: usize| ((i * 7919 % 1013) as f32 - 506.0) / 300.0;
+        let k: Vec<f32> = (0..2 * capacity * 64).map(value).collect();
+        let v: Vec<f32> = (0..2 * capacity * 64).map(|i| value(i + 5)).collect();
+        let q: Vec<f32> = (0..n_tokens * 4 * 64).map(|i| value(i + 11)).collect();
+        let (k16, v16): (Vec<f16>, Vec<f16>) = (k.iter().map(|&x| f16::from_f32(x)).collect(), v.iter().map(|&x| f16::from_f32(x)).collect());
+        let pool = ThreadPool::new(2).unwrap();
+        for f16_cache in [false, true] {
+            let (keys, values, kf, vf): (KvRows, KvRows, Vec<f32>, Vec<f32>) = if f16_cache {
+                (KvRows::F16(&k16), KvRows::F16(&v16), k16.iter().map(|x| x.to_f32()).collect(), v16.iter().map(|x| x.to_f32()).collect())
+            } else {
+                (KvRows::F32(&k), KvRows::F32(&v), k.clone(), v.clone())
+            };
+            let mut out = vec![0f32; n_tokens * 4 * 64];
+            attention(&pool, &q, keys, values, capacity, pos0, &s, &mut out);
+            for t in 0..n_tokens {
+                for h in 0..4 {
+                    let kv = h / 2;
+                    let qh = &q[(t * 4 + h) * 64..][..64];
+                    let row = |cache: &[f32], p: usize| cache[(kv * capacity + p) * 64..][..64].to_vec();
+                    let scores: Vec<f64> = (0..=pos0 + t)
+                        .map(|p| row(&kf, p).iter().zip(qh).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() * 0.125)
+                        .collect();
+                    let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+                    let z: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+                    for d in 0..64 {
+                        let expect: f64 = scores.iter().enumerate().map(|(p, s)| (s - max).exp() / z * row(&vf, p)[d] as f64).sum();
+                        let got = out[(t * 4 + h) * 64 + d] as f64;
+                        assert!((got - expect).abs() < 1e-5, "f16={f16_cache} t={t} h={h} d={d}: {got} vs {expect}");
+                    }
                 }
             }
         }

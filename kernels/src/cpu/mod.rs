@@ -11,7 +11,7 @@ mod rope;
 pub mod simd;
 mod vec;
 
-pub use attention::{attention, softmax, AttentionShape};
+pub use attention::{attention, softmax, AttentionShape, KvRows};
 pub use matmul::{matmul, matvec_quantized, quantize_activations, Matrix};
 pub use norm::rms_norm;
 pub use pool::ThreadPool;

@@ -489,3 +489,40 @@ pub unsafe fn quantize_q8_1(x: &[f32], out: &mut [u8]) {
         quantize_block_q8(x.as_ptr().add(i * q8_1::QK), out.as_mut_ptr().add(i * q8_1::BLOCK_BYTES), true);
     }
 }
+
+// ---- attention
+
+/// out = Σ_p w[p] · rows[p·dim ..][..dim] for dim = out.len(), a multiple of 8: 32 columns
+/// at a time stay in four accumulator registers while every row streams past once.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn weighted_sum_f32(w: &[f32], rows: &[f32], out: &mut [f32]) {
+    let dim = out.len();
+    weighted_sum(w, out, rows.len(), |p, c| _mm256_loadu_ps(rows.as_ptr().add(p * dim + c)))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn weighted_sum_f16(w: &[f32], rows: &[half::f16], out: &mut [f32]) {
+    let dim = out.len();
+    weighted_sum(w, out, rows.len(), |p, c| _mm256_cvtph_ps(_mm_loadu_si128(rows.as_ptr().add(p * dim + c) as *const __m128i)))
+}
+
+#[inline(always)]
+unsafe fn weighted_sum(w: &[f32], out: &mut [f32], rows_len: usize, load: impl Fn(usize, usize) -> __m256) {
+    let dim = out.len();
+    assert!(dim % 8 == 0 && rows_len >= w.len() * dim, "weighted_sum: {} rows of {dim} in {rows_len} values", w.len());
+    let mut c = 0;
+    while c < dim {
+        let lanes = ((dim - c) / 8).min(4);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for (p, &wp) in w.iter().enumerate() {
+            let weight = _mm256_set1_ps(wp);
+            for (j, acc) in acc.iter_mut().enumerate().take(lanes) {
+                *acc = _mm256_fmadd_ps(weight, load(p, c + 8 * j), *acc);
+            }
+        }
+        for (j, acc) in acc.iter().enumerate().take(lanes) {
+            _mm256_storeu_ps(out.as_mut_ptr().add(c + 8 * j), *acc);
+        }
+        c += 8 * lanes;
+    }
+}

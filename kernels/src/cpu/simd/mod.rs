@@ -141,6 +141,25 @@ pub fn dot_f32_for(isa: Isa, dtype: DType) -> fn(&[u8], &[f32]) -> f32 {
     }
 }
 
+/// out = Σ_p w[p] · rows[p·dim..][..dim] (dim = out.len(), a multiple of 8): the value
+/// half of attention.
+///
+/// # Safety
+/// AVX2, FMA and F16C must be present (`isa() == Isa::Avx2`).
+#[cfg(target_arch = "x86_64")]
+pub unsafe fn avx2_weighted_sum_f32(w: &[f32], rows: &[f32], out: &mut [f32]) {
+    avx2::weighted_sum_f32(w, rows, out)
+}
+
+/// [`avx2_weighted_sum_f32`] over f16 rows.
+///
+/// # Safety
+/// As [`avx2_weighted_sum_f32`].
+#[cfg(target_arch = "x86_64")]
+pub unsafe fn avx2_weighted_sum_f16(w: &[f32], rows: &[half::f16], out: &mut [f32]) {
+    avx2::weighted_sum_f16(w, rows, out)
+}
+
 /// What every `vec_dot` variant computes: Σ dequant(row)_i · dequant(act)_i, here in f64.
 pub fn vec_dot_reference(dtype: DType, row: &[u8], act_type: DType, act: &[u8]) -> f64 {
     let n = row.len() / dtype.type_size() * dtype.block_size();
