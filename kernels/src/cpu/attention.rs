@@ -6,8 +6,8 @@ use std::cell::RefCell;
 use half::f16;
 
 use super::pool::ThreadPool;
-use super::simd::{self, Isa};
-use super::vec::dot;
+use super::simd;
+use super::vec::{dot, exp_shifted};
 use crate::dtype::DType;
 
 thread_local! {
@@ -59,9 +59,9 @@ impl KvRows<'_> {
     /// out = Σ_p weights[p] · row(start + p).
     fn weighted_sum(&self, weights: &[f32], start: usize, out: &mut [f32]) {
         let dim = out.len();
-        let n = weights.len();
         #[cfg(target_arch = "x86_64")]
-        if simd::isa() == Isa::Avx2 && dim % 8 == 0 {
+        if simd::isa() == simd::Isa::Avx2 && dim % 8 == 0 {
+            let n = weights.len();
             // SAFETY: AVX2 was detected; the rows read lie inside the slices (indexing below
             // checks the last one).
             unsafe {
@@ -122,12 +122,7 @@ pub fn attention(pool: &ThreadPool, q: &[f32], keys: KvRows, values: KvRows, cap
 /// In-place softmax, shifted by the max for stability.
 pub fn softmax(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0f32;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
+    let inv = 1.0 / exp_shifted(x, max);
     for v in x.iter_mut() {
         *v *= inv;
     }

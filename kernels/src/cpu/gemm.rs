@@ -5,7 +5,6 @@
 //! registers plus 2 for the panel and 1 for the broadcast: all 16 ymm registers, and 12 FMAs
 //! for 3 loads, which keeps both FMA ports busy.
 
-use super::simd::{isa, Isa};
 
 /// Weight rows per panel: two 8-lane registers.
 pub const NR: usize = 16;
@@ -16,7 +15,7 @@ pub const MR: usize = 6;
 pub fn tile(mr: usize, kc: usize, x: &[f32], ldx: usize, panel: &[f32], acc: &mut [[f32; NR]; MR]) {
     assert!(mr >= 1 && mr <= MR && panel.len() >= kc * NR && x.len() >= (mr - 1) * ldx + kc);
     #[cfg(target_arch = "x86_64")]
-    if isa() == Isa::Avx2 {
+    if super::simd::isa() == super::simd::Isa::Avx2 {
         // SAFETY: AVX2 and FMA were detected; the bounds were asserted above.
         unsafe {
             match mr {

@@ -67,6 +67,7 @@ macro_rules! checked {
     }};
 }
 
+#[allow(unused_macros)] // no vector quantizer on some targets
 macro_rules! checked_quantizer {
     ($kernel:path) => {{
         fn call(x: &[f32], out: &mut [u8]) {
