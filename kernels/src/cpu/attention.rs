@@ -41,6 +41,18 @@ impl KvRows<'_> {
     /// scores[p] = scale · q · row(start + p) for p < scores.len().
     fn scores(&self, q: &[f32], start: usize, scale: f32, scores: &mut [f32]) {
         let dim = q.len();
+        #[cfg(target_arch = "x86_64")]
+        if simd::isa() == simd::Isa::Avx2 && dim % 8 == 0 {
+            let n = scores.len();
+            // SAFETY: AVX2 was detected; the rows read are the slice given (bounds-checked).
+            unsafe {
+                match self {
+                    KvRows::F32(rows) => simd::avx2_scaled_scores_f32(q, &rows[start * dim..(start + n) * dim], scale, scores),
+                    KvRows::F16(rows) => simd::avx2_scaled_scores_f16(q, &rows[start * dim..(start + n) * dim], scale, scores),
+                }
+            }
+            return;
+        }
         match self {
             KvRows::F32(rows) => {
                 for (p, s) in scores.iter_mut().enumerate() {

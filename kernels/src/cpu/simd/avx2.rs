@@ -526,3 +526,50 @@ unsafe fn weighted_sum(w: &[f32], out: &mut [f32], rows_len: usize, load: impl F
         c += 8 * lanes;
     }
 }
+
+/// out[p] = scale · (q · row p) for the out.len() rows of q.len() (a multiple of 8) values
+/// in `rows`: the key half of attention. Four rows at a time share each load of q, and their
+/// four sums are reduced together.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn scaled_scores_f32(q: &[f32], rows: &[f32], scale: f32, out: &mut [f32]) {
+    let dim = q.len();
+    scaled_scores(q, rows.len(), scale, out, |p, c| _mm256_loadu_ps(rows.as_ptr().add(p * dim + c)))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn scaled_scores_f16(q: &[f32], rows: &[half::f16], scale: f32, out: &mut [f32]) {
+    let dim = q.len();
+    scaled_scores(q, rows.len(), scale, out, |p, c| _mm256_cvtph_ps(_mm_loadu_si128(rows.as_ptr().add(p * dim + c) as *const __m128i)))
+}
+
+#[inline(always)]
+unsafe fn scaled_scores(q: &[f32], rows_len: usize, scale: f32, out: &mut [f32], load: impl Fn(usize, usize) -> __m256) {
+    let dim = q.len();
+    let n = out.len();
+    assert!(dim % 8 == 0 && rows_len >= n * dim, "scores: {n} rows of {dim} in {rows_len} values");
+    let mut p = 0;
+    while p + 4 <= n {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for c in (0..dim).step_by(8) {
+            let qv = _mm256_loadu_ps(q.as_ptr().add(c));
+            for (j, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm256_fmadd_ps(qv, load(p + j, c), *acc);
+            }
+        }
+        // [a0+a1.., b0+b1.., a.., b..] pairs, then quads: lane j of each half holds part of row j.
+        let ab = _mm256_hadd_ps(acc[0], acc[1]);
+        let cd = _mm256_hadd_ps(acc[2], acc[3]);
+        let abcd = _mm256_hadd_ps(ab, cd);
+        let sums = _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+        _mm_storeu_ps(out.as_mut_ptr().add(p), _mm_mul_ps(sums, _mm_set1_ps(scale)));
+        p += 4;
+    }
+    while p < n {
+        let mut acc = _mm256_setzero_ps();
+        for c in (0..dim).step_by(8) {
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(q.as_ptr().add(c)), load(p, c), acc);
+        }
+        out[p] = hsum(acc) * scale;
+        p += 1;
+    }
+}

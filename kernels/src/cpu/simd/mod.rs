@@ -161,6 +161,25 @@ pub unsafe fn avx2_weighted_sum_f16(w: &[f32], rows: &[half::f16], out: &mut [f3
     avx2::weighted_sum_f16(w, rows, out)
 }
 
+/// out[p] = scale · (q · rows[p·dim..][..dim]) (dim = q.len(), a multiple of 8): the key
+/// half of attention.
+///
+/// # Safety
+/// As [`avx2_weighted_sum_f32`].
+#[cfg(target_arch = "x86_64")]
+pub unsafe fn avx2_scaled_scores_f32(q: &[f32], rows: &[f32], scale: f32, out: &mut [f32]) {
+    avx2::scaled_scores_f32(q, rows, scale, out)
+}
+
+/// [`avx2_scaled_scores_f32`] over f16 rows.
+///
+/// # Safety
+/// As [`avx2_weighted_sum_f32`].
+#[cfg(target_arch = "x86_64")]
+pub unsafe fn avx2_scaled_scores_f16(q: &[f32], rows: &[half::f16], scale: f32, out: &mut [f32]) {
+    avx2::scaled_scores_f16(q, rows, scale, out)
+}
+
 /// What every `vec_dot` variant computes: Σ dequant(row)_i · dequant(act)_i, here in f64.
 pub fn vec_dot_reference(dtype: DType, row: &[u8], act_type: DType, act: &[u8]) -> f64 {
     let n = row.len() / dtype.type_size() * dtype.block_size();
