@@ -101,8 +101,8 @@ unsafe fn dot_i8_i8(x: __m256i, y: __m256i) -> __m256i {
 
 /// How far ahead of the block being computed the weights are prefetched. The hardware
 /// prefetchers alone keep too few loads in flight when a matvec streams a matrix larger
-/// than the caches: measured on a 100 MB q8_0 matrix, 6.8 GB/s without and 11-12 GB/s
-/// (the machine's read bandwidth) with 2 KiB of lead (benches/kernels.rs, matvec_q8_memory).
+/// than the caches: measured on a 107 MB q8_0 matrix, 8.6 GB/s without and 11.2 GB/s (the
+/// machine reads 12) with 2 KiB of lead (benches/kernels.rs, matvec_q8_memory).
 const PREFETCH_AHEAD: usize = 2048;
 
 /// Prefetches the cache lines `PREFETCH_AHEAD` bytes past a block of `bytes` at `p`. Only a
