@@ -11,7 +11,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::quants::k_quants::{q2_k, q3_k, q4_k, q5_k, q6_k, q8_k, scale_min_k4, QK_K};
+use crate::quants::k_quants::{q2_k, q3_k, q4_k, q5_k, q6_k, q8_k, QK_K};
 use crate::quants::{q4_0, q4_1, q5_0, q5_1, q8_0, q8_1};
 
 /// The f16 at `p`, widened by the F16C unit.
@@ -308,22 +308,19 @@ unsafe fn q45_k_q8_k<const FIFTH_BIT: bool>(row: &[u8], act: &[u8], block_bytes:
     let n = blocks(row, block_bytes, act, q8_k::BLOCK_BYTES);
     let qs_offset = if FIFTH_BIT { 48 } else { 16 };
     let mut acc = _mm256_setzero_ps();
-    let mut mins = 0.0f32;
+    let mut mins = _mm_setzero_ps();
     let m4 = _mm256_set1_epi8(0x0f);
     let one = _mm256_set1_epi8(1);
     for i in 0..n {
         let (w, a) = (row.as_ptr().add(i * block_bytes), act.as_ptr().add(i * q8_k::BLOCK_BYTES));
         prefetch_ahead(w, block_bytes);
-        let packed = std::slice::from_raw_parts(w.add(4), 12);
         let da = f32_at(a);
-        let mut scales = [0i16; 8];
-        let mut min_sum = 0i32;
-        for (j, scale) in scales.iter_mut().enumerate() {
-            let (sc, m) = scale_min_k4(j, packed);
-            *scale = sc as i16;
-            min_sum += m as i32 * (bsum(a, 2 * j) + bsum(a, 2 * j + 1));
-        }
-        mins -= da * f16_at(w.add(2)) * min_sum as f32;
+        let (scales, group_mins) = scales_and_mins_k4(w.add(4));
+        // Σ_j min_j · Σ(a in group j): the 16 bsums summed in pairs are the 8 group sums.
+        let bsums = _mm256_loadu_si256(a.add(Q8K_BSUMS) as *const __m256i);
+        let group_sums = _mm_hadd_epi16(_mm256_castsi256_si128(bsums), _mm256_extracti128_si256(bsums, 1));
+        let min_dot = _mm_madd_epi16(group_mins, group_sums);
+        mins = _mm_fmadd_ps(_mm_set1_ps(-da * f16_at(w.add(2))), _mm_cvtepi32_ps(min_dot), mins);
         let high = if FIFTH_BIT { load(w.add(16)) } else { _mm256_setzero_si256() };
         let mut sum = _mm256_setzero_si256();
         for c in 0..4 {
@@ -336,13 +333,40 @@ unsafe fn q45_k_q8_k<const FIFTH_BIT: bool>(row: &[u8], act: &[u8], block_bytes:
                 hi = _mm256_or_si256(hi, bit(2 * c as i16 + 1));
             }
             let q8 = a.add(Q8K_QS + 64 * c);
-            let (s0, s1) = (scales[2 * c], scales[2 * c + 1]);
-            sum = _mm256_add_epi32(sum, scaled_dot(lo, load(q8), None, s0, s0));
-            sum = _mm256_add_epi32(sum, scaled_dot(hi, load(q8.add(32)), None, s1, s1));
+            let (s0, s1) = (broadcast_i16(scales, 2 * c), broadcast_i16(scales, 2 * c + 1));
+            sum = _mm256_add_epi32(sum, _mm256_madd_epi16(s0, _mm256_maddubs_epi16(lo, load(q8))));
+            sum = _mm256_add_epi32(sum, _mm256_madd_epi16(s1, _mm256_maddubs_epi16(hi, load(q8.add(32)))));
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(da * f16_at(w)), _mm256_cvtepi32_ps(sum), acc);
     }
-    hsum(acc) + mins
+    let quad = _mm_add_ps(mins, _mm_movehl_ps(mins, mins));
+    hsum(acc) + _mm_cvtss_f32(_mm_add_ss(quad, _mm_movehdup_ps(quad)))
+}
+
+/// The 8 six-bit scales and mins of a Q4_K/Q5_K block (12 packed bytes at `p`, see
+/// `scale_min_k4`), unpacked with three masks on 32-bit words as ggml does: returns the
+/// scales as 16 i16 (both 128-bit halves the same 8) and the mins as 8 i16.
+#[inline(always)]
+unsafe fn scales_and_mins_k4(p: *const u8) -> (__m256i, __m128i) {
+    const LOW6: u32 = 0x3f3f_3f3f;
+    const LOW4: u32 = 0x0f0f_0f0f;
+    const LOW2: u32 = 0x0303_0303;
+    let word = |k: usize| u32::from_le_bytes([*p.add(4 * k), *p.add(4 * k + 1), *p.add(4 * k + 2), *p.add(4 * k + 3)]);
+    let (w0, w1, w2) = (word(0), word(1), word(2));
+    let scales_0_3 = w0 & LOW6;
+    let scales_4_7 = (w2 & LOW4) | (((w0 >> 6) & LOW2) << 4);
+    let mins_0_3 = w1 & LOW6;
+    let mins_4_7 = ((w2 >> 4) & LOW4) | (((w1 >> 6) & LOW2) << 4);
+    let widened = _mm256_cvtepu8_epi16(_mm_set_epi32(mins_4_7 as i32, mins_0_3 as i32, scales_4_7 as i32, scales_0_3 as i32));
+    let scales = _mm256_castsi256_si128(widened);
+    (_mm256_set_m128i(scales, scales), _mm256_extracti128_si256(widened, 1))
+}
+
+/// i16 lane `j` (< 8) of each 128-bit half, broadcast to all 16 lanes.
+#[inline(always)]
+unsafe fn broadcast_i16(v: __m256i, j: usize) -> __m256i {
+    let lo = (2 * j) as i8;
+    _mm256_shuffle_epi8(v, _mm256_set1_epi16(i16::from_le_bytes([lo as u8, lo as u8 + 1])))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
