@@ -12,7 +12,8 @@ Then model load time and peak RSS during generation for both.
 The default file set: SmolLM2-135M-Instruct Q4_1 (scripts/fetch-models.sh) and the Q8_0, Q4_0,
 Q4_K_M and F16 files retort converts from it (via f32), plus a synthetic model shaped like
 DeepSeek-R1-Distill-Qwen-1.5B (random weights, scripts/make_synthetic_checkpoint.py) at
-q4_k_m and q8_0, whose weights do not fit in any cache. Made files go to models-cache/bench/.
+q4_k_m and q8_0, whose weights do not fit in any cache. Made files go to models-cache/bench/;
+RETORT_SYNTH_1_5B=DIR reuses a synthetic checkpoint folder made earlier.
 
 llama.cpp's tools come from ../shared/tools/llama-peer.sh (built once, cached); retort from
 target/release/retort (built here if missing).
