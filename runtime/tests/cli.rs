@@ -171,6 +171,19 @@ fn bad_flag_values_are_rejected() {
     assert_clean_failure(&retort(&["run", m, "-p", "hi", "-c", "0"]), "context");
     assert_clean_failure(&retort(&["run", m, "-p", "", "-n", "4"]), "empty");
     assert_clean_failure(&retort(&["run", m, "-p", "not-a-number", "-n", "x"]), "invalid value");
+    assert_clean_failure(&retort(&["run", m, "-p", "hi", "--kv-type", "q4_0"]), "--kv-type");
+    assert_clean_failure(&retort(&["bench", m, "-p", "4", "-n", "1", "--kv-type", ""]), "--kv-type");
+}
+
+#[test]
+fn bandwidth_reports_a_rate_and_rejects_bad_sizes() {
+    let o = retort(&["bandwidth", "--mib", "64", "-t", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert!(doc["read_gb_s"].as_f64().unwrap() > 0.0, "{doc}");
+    assert_clean_failure(&retort(&["bandwidth", "--mib", "0"]), "--mib");
+    assert_clean_failure(&retort(&["bandwidth", "--mib", "18446744073709551615"]), "--mib");
+    assert_clean_failure(&retort(&["bandwidth", "-t", "0"]), "-t");
 }
 
 #[test]

@@ -125,85 +125,55 @@ fn blocks(row: &[u8], row_block: usize, act: &[u8], act_block: usize) -> usize {
 
 // ---- 32-value blocks against Q8_0 / Q8_1
 
-
-/// For a block with a minimum (d, m at `w`) against Q8_1 (d, s at `a`): returns d_w·d_a
-/// broadcast for the integer sum, and adds m·s, the minimum's share, to lane 1 of `mins`.
+/// The four 32-block types against Q8_1. Each weight is d·q + c with an unsigned level q and
+/// a per-block constant c: the stored minimum m (Q4_1, Q5_1), or a fixed offset times d
+/// (-8·d for Q4_0, -16·d for Q5_0, so their levels also go unsigned into `maddubs`). The
+/// constant's share, c·Σa, costs one multiply per block through Q8_1's s = d_a·Σq_a.
+/// `levels(w)` gives a block's 32 levels in weight order.
 #[inline(always)]
-unsafe fn block_scales_with_min(w: *const u8, a: *const u8, mins: &mut __m128) -> __m256 {
-    let products = _mm_mul_ps(f16_pair_at(w), f16_pair_at(a)); // [d·da, m·s, 0, 0]
-    *mins = _mm_add_ps(*mins, products);
-    _mm256_broadcastss_ps(products)
+unsafe fn against_q8_1(row: &[u8], act: &[u8], block_bytes: usize, offset: Option<f32>, levels: impl Fn(*const u8) -> __m256i) -> f32 {
+    let n = blocks(row, block_bytes, act, q8_1::BLOCK_BYTES);
+    let mut acc = _mm256_setzero_ps();
+    let mut constants = _mm_setzero_ps();
+    for i in 0..n {
+        let (w, a) = (row.as_ptr().add(i * block_bytes), act.as_ptr().add(i * q8_1::BLOCK_BYTES));
+        prefetch_ahead(w, block_bytes);
+        let weight_scales = match offset {
+            Some(_) => f16_pair(u16::from_le_bytes([*w, *w.add(1)]) as u32 * 0x0001_0001), // [d, d]
+            None => f16_pair_at(w),                                                          // [d, m]
+        };
+        let products = _mm_mul_ps(weight_scales, f16_pair_at(a)); // [d·da, (d or m)·s, 0, 0]
+        constants = _mm_add_ps(constants, products);
+        let d = _mm256_broadcastss_ps(products);
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_u8_i8(levels(w), load(a.add(4)))), acc);
+    }
+    hsum(acc) + offset.unwrap_or(1.0) * _mm_cvtss_f32(_mm_shuffle_ps(constants, constants, 1))
 }
 
-/// Q4_0 and Q5_0 are Q4_1 and Q5_1 with the minimum fixed at -8·d and -16·d: the levels go
-/// unsigned into `maddubs` (no sign juggling) and the offset is paid once per block through
-/// Q8_1's activation sum s. Returns d_w·d_a broadcast and adds d_w·s_a to lane 1 of `sums`.
+/// Nibbles at `qs` with the fifth bits of the little-endian u32 at `qh` on top.
 #[inline(always)]
-unsafe fn block_scales_with_offset(w: *const u8, a: *const u8, sums: &mut __m128) -> __m256 {
-    let d = f16_pair(u16::from_le_bytes([*w, *w.add(1)]) as u32 * 0x0001_0001); // [d, d]
-    let products = _mm_mul_ps(d, f16_pair_at(a)); // [d·da, d·s, 0, 0]
-    *sums = _mm_add_ps(*sums, products);
-    _mm256_broadcastss_ps(products)
+unsafe fn five_bit_levels(qh: *const u8, qs: *const u8) -> __m256i {
+    _mm256_or_si256(nibbles(qs), _mm256_and_si256(bit_mask_bytes(qh), _mm256_set1_epi8(0x10)))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q4_0_q8_1(row: &[u8], act: &[u8]) -> f32 {
-    let n = blocks(row, q4_0::BLOCK_BYTES, act, q8_1::BLOCK_BYTES);
-    let mut acc = _mm256_setzero_ps();
-    let mut offsets = _mm_setzero_ps();
-    for i in 0..n {
-        let (w, a) = (row.as_ptr().add(i * q4_0::BLOCK_BYTES), act.as_ptr().add(i * q8_1::BLOCK_BYTES));
-        prefetch_ahead(w, q4_0::BLOCK_BYTES);
-        let d = block_scales_with_offset(w, a, &mut offsets);
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_u8_i8(nibbles(w.add(2)), load(a.add(4)))), acc);
-    }
-    hsum(acc) - 8.0 * _mm_cvtss_f32(_mm_shuffle_ps(offsets, offsets, 1))
+    against_q8_1(row, act, q4_0::BLOCK_BYTES, Some(-8.0), |w| nibbles(w.add(2)))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q4_1_q8_1(row: &[u8], act: &[u8]) -> f32 {
-    let n = blocks(row, q4_1::BLOCK_BYTES, act, q8_1::BLOCK_BYTES);
-    let mut acc = _mm256_setzero_ps();
-    let mut mins = _mm_setzero_ps();
-    for i in 0..n {
-        let (w, a) = (row.as_ptr().add(i * q4_1::BLOCK_BYTES), act.as_ptr().add(i * q8_1::BLOCK_BYTES));
-        prefetch_ahead(w, q4_1::BLOCK_BYTES);
-        let d = block_scales_with_min(w, a, &mut mins);
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_u8_i8(nibbles(w.add(4)), load(a.add(4)))), acc);
-    }
-    hsum(acc) + _mm_cvtss_f32(_mm_shuffle_ps(mins, mins, 1))
+    against_q8_1(row, act, q4_1::BLOCK_BYTES, None, |w| nibbles(w.add(4)))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q5_0_q8_1(row: &[u8], act: &[u8]) -> f32 {
-    let n = blocks(row, q5_0::BLOCK_BYTES, act, q8_1::BLOCK_BYTES);
-    let mut acc = _mm256_setzero_ps();
-    let mut offsets = _mm_setzero_ps();
-    for i in 0..n {
-        let (w, a) = (row.as_ptr().add(i * q5_0::BLOCK_BYTES), act.as_ptr().add(i * q8_1::BLOCK_BYTES));
-        prefetch_ahead(w, q5_0::BLOCK_BYTES);
-        let d = block_scales_with_offset(w, a, &mut offsets);
-        let fifth = _mm256_and_si256(bit_mask_bytes(w.add(2)), _mm256_set1_epi8(0x10));
-        let q = _mm256_or_si256(nibbles(w.add(6)), fifth);
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_u8_i8(q, load(a.add(4)))), acc);
-    }
-    hsum(acc) - 16.0 * _mm_cvtss_f32(_mm_shuffle_ps(offsets, offsets, 1))
+    against_q8_1(row, act, q5_0::BLOCK_BYTES, Some(-16.0), |w| five_bit_levels(w.add(2), w.add(6)))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q5_1_q8_1(row: &[u8], act: &[u8]) -> f32 {
-    let n = blocks(row, q5_1::BLOCK_BYTES, act, q8_1::BLOCK_BYTES);
-    let mut acc = _mm256_setzero_ps();
-    let mut mins = _mm_setzero_ps();
-    for i in 0..n {
-        let (w, a) = (row.as_ptr().add(i * q5_1::BLOCK_BYTES), act.as_ptr().add(i * q8_1::BLOCK_BYTES));
-        prefetch_ahead(w, q5_1::BLOCK_BYTES);
-        let d = block_scales_with_min(w, a, &mut mins);
-        let fifth = _mm256_and_si256(bit_mask_bytes(w.add(4)), _mm256_set1_epi8(0x10));
-        let q = _mm256_or_si256(nibbles(w.add(8)), fifth);
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_u8_i8(q, load(a.add(4)))), acc);
-    }
-    hsum(acc) + _mm_cvtss_f32(_mm_shuffle_ps(mins, mins, 1))
+    against_q8_1(row, act, q5_1::BLOCK_BYTES, None, |w| five_bit_levels(w.add(4), w.add(8)))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
