@@ -2,13 +2,13 @@
 
 use wide::f32x8;
 
-/// Σ a[i]·b[i]. AVX2+FMA when the CPU has it, else a scalar loop with eight partial
-/// sums (which the compiler vectorizes with SSE).
+/// Σ a[i]·b[i]. AVX2+FMA when `simd::isa()` chose them, else a scalar loop with eight
+/// partial sums (which the compiler vectorizes with SSE).
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "dot of vectors of different lengths");
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the features this function is compiled for were just detected.
+    if super::simd::isa() == super::simd::Isa::Avx2 {
+        // SAFETY: `isa()` found AVX2 and FMA, the features this function is compiled for.
         return unsafe { dot_avx2(a, b) };
     }
     dot_scalar(a, b)
