@@ -131,24 +131,46 @@ fn write_tensor(source: &dyn TensorSource, target: DType, out: &mut dyn Write, p
         .traits()
         .from_f32
         .ok_or_else(|| Error::Checkpoint(format!("no quantizer for {} (tensor '{}')", target.name(), source.name())))?;
-    // A batch of tasks runs in parallel, then is written in order.
+    // Batches are decoded and quantized in parallel on a producer thread while this thread
+    // writes the previous one: reading, arithmetic and writing overlap, and memory holds
+    // three batches at most (one being filled, one in the channel, one being written).
     let batch_rows = ROWS_PER_TASK * rayon::current_num_threads().max(1);
-    let mut f32_rows = vec![0f32; batch_rows.min(n_rows) * row_len];
-    let mut encoded = vec![0u8; batch_rows.min(n_rows) * row_bytes];
-    for first in (0..n_rows).step_by(batch_rows) {
-        let rows = batch_rows.min(n_rows - first);
-        let (values, bytes) = (&mut f32_rows[..rows * row_len], &mut encoded[..rows * row_bytes]);
-        source.rows_f32(first, values)?;
-        values
-            .par_chunks(ROWS_PER_TASK * row_len)
-            .zip(bytes.par_chunks_mut(ROWS_PER_TASK * row_bytes))
-            .for_each(|(src, dst)| {
-                for (row, out) in src.chunks_exact(row_len).zip(dst.chunks_exact_mut(row_bytes)) {
-                    quantize(row, out);
+    let (to_writer, filled) = std::sync::mpsc::sync_channel::<Result<(usize, Vec<u8>)>>(1);
+    let (recycle, empty) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::scope(|scope| -> Result<()> {
+        scope.spawn(move || {
+            for first in (0..n_rows).step_by(batch_rows) {
+                let rows = batch_rows.min(n_rows - first);
+                let mut bytes = empty.try_recv().unwrap_or_default();
+                bytes.resize(rows * row_bytes, 0);
+                let done = bytes.par_chunks_mut(ROWS_PER_TASK * row_bytes).enumerate().try_for_each_init(Vec::new, |values, (task, dst)| {
+                    let task_rows = dst.len() / row_bytes;
+                    values.resize(task_rows * row_len, 0f32);
+                    source.rows_f32(first + task * ROWS_PER_TASK, values)?;
+                    for (row, out) in values.chunks_exact(row_len).zip(dst.chunks_exact_mut(row_bytes)) {
+                        quantize(row, out);
+                    }
+                    Ok(())
+                });
+                // A closed channel means the writer gave up: stop producing.
+                if to_writer.send(done.map(|()| (rows, bytes))).is_err() {
+                    return;
                 }
-            });
-        out.write_all(bytes).map_err(io)?;
-        progress.advance((rows * row_len * 4) as u64, first + rows == n_rows);
-    }
+            }
+        });
+        // Owned here so that an early return (a failed write) hangs up on the producer before
+        // the scope waits for it.
+        let (filled, recycle) = (filled, recycle);
+        let mut written = 0;
+        while written < n_rows {
+            // The producer only hangs up early after sending an error, received first.
+            let (rows, bytes) = filled.recv().map_err(|_| Error::Checkpoint(format!("tensor '{}': quantizer stopped", source.name())))??;
+            out.write_all(&bytes).map_err(io)?;
+            written += rows;
+            progress.advance((rows * row_len * 4) as u64, written == n_rows);
+            let _ = recycle.send(bytes);
+        }
+        Ok(())
+    })?;
     Ok(())
 }

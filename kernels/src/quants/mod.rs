@@ -100,7 +100,7 @@ pub(crate) fn min_max(x: &[f32]) -> (f32, f32) {
 /// Number of whole blocks in a row of `n_values` stored in `n_bytes`; panics unless the two
 /// lengths describe the same whole number of blocks.
 #[inline]
-fn blocks_in_row(n_values: usize, n_bytes: usize, qk: usize, block_bytes: usize) -> usize {
+pub(crate) fn blocks_in_row(n_values: usize, n_bytes: usize, qk: usize, block_bytes: usize) -> usize {
     let n_blocks = n_values / qk;
     assert!(
         n_values % qk == 0 && n_bytes == n_blocks * block_bytes,

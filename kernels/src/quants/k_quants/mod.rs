@@ -16,6 +16,8 @@
 //! every product associates as written in C, with no fused multiply-add (the reference build
 //! has none to contract into, and Rust never contracts).
 
+#[cfg(target_arch = "x86_64")]
+mod lanes_avx2;
 pub mod q2_k;
 pub mod q3_k;
 pub mod q4_k;
@@ -171,6 +173,62 @@ pub(crate) fn make_qkx2_quants(
     (scale, -min)
 }
 
+/// [`make_qkx2_quants`] for consecutive groups of `n` values: `x`, `weights` and `levels`
+/// hold the groups one after another; `scales` and `mins` get one value per group. Groups go
+/// through the AVX2 lanes 16 or 8 at a time (bit-identical), the rest one by one.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn make_qkx2_quants_groups(
+    x: &[f32],
+    weights: &[f32],
+    n: usize,
+    nmax: i32,
+    levels: &mut [u8],
+    grid: ScaleGrid,
+    residual: Residual,
+    scales: &mut [f32],
+    mins: &mut [f32],
+) {
+    let groups = x.len() / n;
+    assert!(x.len() == groups * n && weights.len() == x.len() && levels.len() == x.len());
+    assert!(scales.len() == groups && mins.len() == groups);
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::simd::isa() == crate::cpu::simd::Isa::Avx2 && (n == 16 || n == 32) {
+        // 16 groups at a time where there are that many (two independent chains per step),
+        // then 8.
+        use lanes_avx2::make_qkx2_quants_lanes as lanes;
+        while done + 8 <= groups {
+            let count = if done + 32 <= groups { 32 } else if done + 16 <= groups { 16 } else { 8 };
+            let (span, fits) = (done * n..(done + count) * n, done..done + count);
+            let (x, w, l) = (&x[span.clone()], &weights[span.clone()], &mut levels[span]);
+            let (s, m) = (&mut scales[fits.clone()], &mut mins[fits]);
+            let absolute = residual == Residual::Absolute;
+            // SAFETY: AVX2 was detected.
+            unsafe {
+                match (count, n, absolute) {
+                    (32, 32, false) => lanes::<4, 32, false>(x, w, nmax, l, grid, s, m),
+                    (32, 32, true) => lanes::<4, 32, true>(x, w, nmax, l, grid, s, m),
+                    (32, _, false) => lanes::<4, 16, false>(x, w, nmax, l, grid, s, m),
+                    (32, _, true) => lanes::<4, 16, true>(x, w, nmax, l, grid, s, m),
+                    (16, 32, false) => lanes::<2, 32, false>(x, w, nmax, l, grid, s, m),
+                    (16, 32, true) => lanes::<2, 32, true>(x, w, nmax, l, grid, s, m),
+                    (16, _, false) => lanes::<2, 16, false>(x, w, nmax, l, grid, s, m),
+                    (16, _, true) => lanes::<2, 16, true>(x, w, nmax, l, grid, s, m),
+                    (_, 32, false) => lanes::<1, 32, false>(x, w, nmax, l, grid, s, m),
+                    (_, 32, true) => lanes::<1, 32, true>(x, w, nmax, l, grid, s, m),
+                    (_, _, false) => lanes::<1, 16, false>(x, w, nmax, l, grid, s, m),
+                    (_, _, true) => lanes::<1, 16, true>(x, w, nmax, l, grid, s, m),
+                }
+            }
+            done += count;
+        }
+    }
+    for j in done..groups {
+        let span = j * n..(j + 1) * n;
+        (scales[j], mins[j]) = make_qkx2_quants(&x[span.clone()], &weights[span.clone()], nmax, &mut levels[span], grid, residual);
+    }
+}
+
 /// l = round(iscale * (x - min)) clamped to 0..=nmax, for each x.
 fn round_levels(x: &[f32], min: f32, iscale: f32, nmax: i32, levels: &mut [u8]) {
     for (l, &v) in levels.iter_mut().zip(x) {
@@ -202,29 +260,57 @@ pub(crate) struct AffineK4 {
 }
 
 /// The shared part of quantize_row_q4_K_ref and quantize_row_q5_K_ref (which differ only in
-/// nmax, the scale grid and the bit packing of the levels).
-pub(crate) fn quantize_affine_k4(x: &[f32; QK_K], nmax: i32, grid: ScaleGrid) -> AffineK4 {
-    let mut levels = [0u8; QK_K];
-    let mut scales = [0.0f32; QK_K / 32];
-    let mut mins = [0.0f32; QK_K / 32];
-    for (j, (group, levels)) in x.chunks_exact(32).zip(levels.chunks_exact_mut(32)).enumerate() {
-        let weights = magnitude_weights(group);
-        (scales[j], mins[j]) = make_qkx2_quants(group, &weights, nmax, levels, grid, Residual::Squared);
+/// nmax, the scale grid and the bit packing of the levels), for one or two consecutive
+/// blocks in `x`: two at once give the lane search 16 groups. Each block's fit goes to
+/// `emit(block index, fit)`.
+/// Blocks fitted together: 4 give the lane search 32 groups, four independent chains.
+const AFFINE_K4_BLOCKS: usize = 4;
+
+pub(crate) fn quantize_affine_k4(x: &[f32], nmax: i32, grid: ScaleGrid, mut emit: impl FnMut(usize, AffineK4)) {
+    assert!(x.len() % QK_K == 0 && x.len() <= AFFINE_K4_BLOCKS * QK_K, "whole blocks, at most {AFFINE_K4_BLOCKS}, not {} values", x.len());
+    let n_groups = x.len() / 32;
+    let mut weights = [0.0f32; AFFINE_K4_BLOCKS * QK_K];
+    let mut levels = [0u8; AFFINE_K4_BLOCKS * QK_K];
+    let mut scales = [0.0f32; AFFINE_K4_BLOCKS * QK_K / 32];
+    let mut mins = [0.0f32; AFFINE_K4_BLOCKS * QK_K / 32];
+    for (group, weights) in x.chunks_exact(32).zip(weights.chunks_exact_mut(32)) {
+        weights.copy_from_slice(&magnitude_weights(group));
     }
-    let max_scale = positive_max(&scales);
-    let max_min = positive_max(&mins);
+    make_qkx2_quants_groups(x, &weights[..x.len()], 32, nmax, &mut levels[..x.len()], grid, Residual::Squared, &mut scales[..n_groups], &mut mins[..n_groups]);
 
-    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
-    let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
-    let six_bits = |v: f32| (nearest_int(v) as u8).min(63);
-    let quantized_scales: [u8; 8] = std::array::from_fn(|j| six_bits(inv_scale * scales[j]));
-    let quantized_mins: [u8; 8] = std::array::from_fn(|j| six_bits(inv_min * mins[j]));
-    let packed = pack_scale_min_k4(&quantized_scales, &quantized_mins);
-    let d = f16_bytes(max_scale / 63.0);
-    let dmin = f16_bytes(max_min / 63.0);
+    for b in 0..x.len() / QK_K {
+        let (scales, mins) = (&scales[8 * b..8 * b + 8], &mins[8 * b..8 * b + 8]);
+        let max_scale = positive_max(scales);
+        let max_min = positive_max(mins);
+        let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+        let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+        let six_bits = |v: f32| (nearest_int(v) as u8).min(63);
+        let quantized_scales: [u8; 8] = std::array::from_fn(|j| six_bits(inv_scale * scales[j]));
+        let quantized_mins: [u8; 8] = std::array::from_fn(|j| six_bits(inv_min * mins[j]));
+        let packed = pack_scale_min_k4(&quantized_scales, &quantized_mins);
+        let d = f16_bytes(max_scale / 63.0);
+        let dmin = f16_bytes(max_min / 63.0);
 
-    requantize_affine(x, nmax, (f16_at(&d, 0), f16_at(&dmin, 0)), &packed, &mut levels);
-    AffineK4 { d, dmin, scales: packed, levels }
+        let x: &[f32; QK_K] = x[b * QK_K..(b + 1) * QK_K].try_into().unwrap();
+        let mut block_levels: [u8; QK_K] = levels[b * QK_K..(b + 1) * QK_K].try_into().unwrap();
+        requantize_affine(x, nmax, (f16_at(&d, 0), f16_at(&dmin, 0)), &packed, &mut block_levels);
+        emit(b, AffineK4 { d, dmin, scales: packed, levels: block_levels });
+    }
+}
+
+/// A row of Q4_K or Q5_K: blocks fitted two at a time by [`quantize_affine_k4`], each written
+/// by `pack`.
+pub(crate) fn quantize_affine_k4_row<const BLOCK_BYTES: usize>(
+    src: &[f32],
+    dst: &mut [u8],
+    nmax: i32,
+    grid: ScaleGrid,
+    pack: impl Fn(&AffineK4, &mut [u8; BLOCK_BYTES]),
+) {
+    crate::quants::blocks_in_row(src.len(), dst.len(), QK_K, BLOCK_BYTES);
+    for (x, out) in src.chunks(AFFINE_K4_BLOCKS * QK_K).zip(dst.chunks_mut(AFFINE_K4_BLOCKS * BLOCK_BYTES)) {
+        quantize_affine_k4(x, nmax, grid, |b, fit| pack(&fit, (&mut out[b * BLOCK_BYTES..(b + 1) * BLOCK_BYTES]).try_into().unwrap()));
+    }
 }
 
 /// The weights of the Q4_K / Q5_K fit: the group's RMS plus |x|, so large values count more
@@ -256,6 +342,89 @@ fn requantize_affine(x: &[f32; QK_K], nmax: i32, (d, dmin): (f32, f32), packed: 
         let ml = dmin * min as f32;
         for (l, &v) in levels.iter_mut().zip(group) {
             *l = nearest_int((v + ml) / dl).clamp(0, nmax) as u8;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Groups that stress every branch of the search: random, all positive (min clamps to 0),
+    /// constant (flat), all zero, one outlier, tiny magnitudes, and exact ties for rounding.
+    fn awkward_groups(n: usize, seed: &mut u32) -> Vec<f32> {
+        let mut next = || {
+            *seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+            (*seed >> 8) as f32 / (1 << 24) as f32 - 0.5
+        };
+        let mut x = Vec::new();
+        for kind in 0..27 {
+            let group: Vec<f32> = (0..n)
+                .map(|i| match kind % 8 {
+                    0 => next(),
+                    1 => next().abs() + 0.1,
+                    2 => 0.25,
+                    3 => 0.0,
+                    4 => if i == 3 { 40.0 } else { next() * 0.01 },
+                    5 => next() * 1e-20,
+                    6 => (i % 4) as f32 * 0.5,
+                    _ => -next().abs() - 1.0,
+                })
+                .collect();
+            x.extend(group);
+        }
+        x
+    }
+
+    #[test]
+    fn lane_search_is_bit_identical_to_the_scalar_search() {
+        let mut seed = 7u32;
+        let cases = [
+            (32, 15, ScaleGrid { rmin: -1.0, rdelta: 0.1, nstep: 20 }, Residual::Squared),
+            (32, 31, ScaleGrid { rmin: -0.5, rdelta: 0.1, nstep: 15 }, Residual::Squared),
+            (16, 3, ScaleGrid { rmin: -0.5, rdelta: 0.1, nstep: 15 }, Residual::Absolute),
+            (32, 15, ScaleGrid { rmin: -1.0, rdelta: 0.1, nstep: 0 }, Residual::Squared),
+        ];
+        for round in 0..20 {
+            for &(n, nmax, grid, residual) in &cases {
+                let x = awkward_groups(n, &mut seed);
+                let weights: Vec<f32> = x.iter().enumerate().map(|(i, v)| if round % 2 == 0 { v.abs() } else { v.abs() + (i % 5) as f32 * 0.1 }).collect();
+                let groups = x.len() / n;
+                let (mut levels, mut scales, mut mins) = (vec![0u8; x.len()], vec![0f32; groups], vec![0f32; groups]);
+                make_qkx2_quants_groups(&x, &weights, n, nmax, &mut levels, grid, residual, &mut scales, &mut mins);
+                for j in 0..groups {
+                    let span = j * n..(j + 1) * n;
+                    let mut want_levels = vec![0u8; n];
+                    let (scale, min) = make_qkx2_quants(&x[span.clone()], &weights[span.clone()], nmax, &mut want_levels, grid, residual);
+                    assert_eq!((scales[j].to_bits(), mins[j].to_bits()), (scale.to_bits(), min.to_bits()), "n={n} nmax={nmax} group {j}: ({}, {}) vs ({scale}, {min})", scales[j], mins[j]);
+                    assert_eq!(&levels[span], &want_levels[..], "n={n} nmax={nmax} group {j}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn lane_q6_k_search_is_bit_identical_to_the_scalar_search() {
+        if crate::cpu::simd::isa() != crate::cpu::simd::Isa::Avx2 {
+            return;
+        }
+        let mut seed = 11u32;
+        for _ in 0..20 {
+            for n in [16, 32] {
+                let x = awkward_groups(n, &mut seed);
+                for (chunk, groups) in x.chunks_exact(8 * n).enumerate() {
+                    let mut levels = vec![0u8; 8 * n];
+                    // SAFETY: AVX2 was detected.
+                    let scales = unsafe { lanes_avx2::make_qx_quants_x8(groups, n, 32, &mut levels) };
+                    for j in 0..8 {
+                        let mut want = vec![0u8; n];
+                        let scale = q6_k::make_qx_quants(&groups[j * n..(j + 1) * n], 32, &mut want);
+                        assert_eq!(scales[j].to_bits(), scale.to_bits(), "n={n} chunk {chunk} group {j}: {} vs {scale}", scales[j]);
+                        assert_eq!(&levels[j * n..(j + 1) * n], &want[..], "n={n} chunk {chunk} group {j}");
+                    }
+                }
+            }
         }
     }
 }

@@ -6,7 +6,7 @@
 //! qs: two halves of 32 bytes; in half h, byte l holds at bit shift 2s the weight
 //! 128h + 32s + l (s = 0..4).
 
-use super::{make_qkx2_quants, pack_2bit, positive_max, Residual, ScaleGrid, QK_K};
+use super::{make_qkx2_quants_groups, pack_2bit, positive_max, Residual, ScaleGrid, QK_K};
 use crate::quants::{f16_at, f16_bytes, nearest_int};
 
 pub const BLOCK_BYTES: usize = QK_K / 16 + QK_K / 4 + 2 + 2;
@@ -38,10 +38,8 @@ pub fn quantize_block(x: &[f32; QK_K], out: &mut [u8; BLOCK_BYTES]) {
     let mut levels = [0u8; QK_K];
     let mut scales = [0.0f32; QK_K / 16];
     let mut mins = [0.0f32; QK_K / 16];
-    for (j, (group, levels)) in x.chunks_exact(16).zip(levels.chunks_exact_mut(16)).enumerate() {
-        let weights: [f32; 16] = std::array::from_fn(|l| group[l].abs());
-        (scales[j], mins[j]) = make_qkx2_quants(group, &weights, 3, levels, GRID, Residual::Absolute);
-    }
+    let weights: [f32; QK_K] = std::array::from_fn(|i| x[i].abs());
+    make_qkx2_quants_groups(x, &weights, 16, 3, &mut levels, GRID, Residual::Absolute, &mut scales, &mut mins);
     let max_scale = positive_max(&scales);
     let max_min = positive_max(&mins);
 

@@ -5,7 +5,7 @@
 //! scales and the low 4 bits in qs are laid out as in Q4_K; the fifth bit of weight 32j + l
 //! (group j) is bit j of qh[l].
 
-use super::{quantize_affine_k4, scale_min_k4, ScaleGrid, K_SCALE_SIZE, QK_K};
+use super::{quantize_affine_k4, quantize_affine_k4_row, scale_min_k4, AffineK4, ScaleGrid, K_SCALE_SIZE, QK_K};
 use crate::quants::f16_at;
 
 pub const BLOCK_BYTES: usize = 2 + 2 + K_SCALE_SIZE + QK_K / 8 + QK_K / 2;
@@ -31,7 +31,16 @@ pub fn dequantize_block(block: &[u8; BLOCK_BYTES], out: &mut [f32; QK_K]) {
 /// quantize_row_q5_K_ref: each group of 32 fitted as scale * l - min with l in 0..32 (see
 /// [`quantize_affine_k4`]); the low 4 bits of the levels packed as in Q4_K, the fifth in qh.
 pub fn quantize_block(x: &[f32; QK_K], out: &mut [u8; BLOCK_BYTES]) {
-    let fit = quantize_affine_k4(x, 31, ScaleGrid { rmin: -0.5, rdelta: 0.1, nstep: 15 });
+    quantize_affine_k4(x, 31, GRID, |_, fit| pack(&fit, out));
+}
+
+pub fn from_f32(src: &[f32], dst: &mut [u8]) {
+    quantize_affine_k4_row(src, dst, 31, GRID, pack);
+}
+
+const GRID: ScaleGrid = ScaleGrid { rmin: -0.5, rdelta: 0.1, nstep: 15 };
+
+fn pack(fit: &AffineK4, out: &mut [u8; BLOCK_BYTES]) {
     out[0..2].copy_from_slice(&fit.d);
     out[2..4].copy_from_slice(&fit.dmin);
     out[4..16].copy_from_slice(&fit.scales);
@@ -47,4 +56,10 @@ pub fn quantize_block(x: &[f32; QK_K], out: &mut [u8; BLOCK_BYTES]) {
     }
 }
 
-row_functions!();
+pub fn to_f32(src: &[u8], dst: &mut [f32]) {
+    crate::quants::dequantize_row(src, dst, dequantize_block)
+}
+
+pub fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
+    crate::quants::dot_row(row, x, dequantize_block)
+}

@@ -37,7 +37,7 @@ pub fn dequantize_block(block: &[u8; BLOCK_BYTES], out: &mut [f32; QK_K]) {
 /// it also tries the 18 inverse scales (nmax + 0.1 i) / -max, i = -9..=9 (without 0), and for
 /// each set of levels takes the optimal scale sum(w x l) / sum(w l^2); the levels whose fit
 /// explains the most, max sum(w x l)^2 / sum(w l^2), win. The weights are x^2.
-fn make_qx_quants(x: &[f32], nmax: i32, levels: &mut [u8]) -> f32 {
+pub(crate) fn make_qx_quants(x: &[f32], nmax: i32, levels: &mut [u8]) -> f32 {
     let max = signed_absmax(x);
     if max.abs() < GROUP_MAX_EPS {
         levels.fill(0);
@@ -91,8 +91,19 @@ fn weighted_sums(x: &[f32], nmax: i32, iscale: f32) -> (f32, f32) {
 pub fn quantize_block(x: &[f32; QK_K], out: &mut [u8; BLOCK_BYTES]) {
     let mut levels = [0u8; QK_K];
     let mut scales = [0.0f32; QK_K / 16];
-    for (j, (group, levels)) in x.chunks_exact(16).zip(levels.chunks_exact_mut(16)).enumerate() {
-        scales[j] = make_qx_quants(group, 32, levels);
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::simd::isa() == crate::cpu::simd::Isa::Avx2 {
+        for (half, (x, levels)) in x.chunks_exact(128).zip(levels.chunks_exact_mut(128)).enumerate() {
+            // SAFETY: AVX2 was detected.
+            let s = unsafe { super::lanes_avx2::make_qx_quants_x8(x, 16, 32, levels) };
+            scales[8 * half..8 * half + 8].copy_from_slice(&s);
+        }
+        done = QK_K / 16;
+    }
+    for j in done..QK_K / 16 {
+        let span = 16 * j..16 * (j + 1);
+        scales[j] = make_qx_quants(&x[span.clone()], 32, &mut levels[span]);
     }
     let max_scale = signed_absmax(&scales);
     if max_scale.abs() < GROUP_MAX_EPS {
