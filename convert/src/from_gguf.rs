@@ -12,6 +12,7 @@ use crate::plan::{plan_types, OutputType, TensorShape};
 use crate::write::{write_gguf, TensorSource};
 
 struct GgufTensor<'f> {
+    file: &'f GgufFile,
     info: &'f TensorInfo,
     data: &'f [u8],
 }
@@ -31,13 +32,21 @@ impl TensorSource for GgufTensor<'_> {
         let row_bytes = self.info.dtype.row_bytes(row_len).expect("validated when the file was opened");
         let rows = out.len() / row_len;
         let bytes = &self.data[first * row_bytes..(first + rows) * row_bytes];
+        let to_f32 = retort_kernels::cpu::simd::to_f32(self.info.dtype);
         for (src, dst) in bytes.chunks_exact(row_bytes).zip(out.chunks_exact_mut(row_len)) {
-            (self.info.dtype.traits().to_f32)(src, dst);
+            to_f32(src, dst);
         }
         Ok(())
     }
     fn raw(&self) -> Option<&[u8]> {
         Some(self.data)
+    }
+    fn release(&self) {
+        self.file.release_tensor(self.info, 0, self.data.len());
+    }
+    fn release_rows(&self, first: usize, rows: usize) {
+        let row_bytes = self.data.len() / self.info.dims[1..].iter().product::<u64>().max(1) as usize;
+        self.file.release_tensor(self.info, first * row_bytes, rows * row_bytes);
     }
 }
 
@@ -51,7 +60,7 @@ pub fn requantize(input: &Path, output: &Path, output_type: OutputType) -> Resul
     }
     let file = GgufFile::open(input)?;
     let sources: Vec<GgufTensor> =
-        file.tensors().iter().map(|info| Ok(GgufTensor { info, data: file.tensor_data(info)? })).collect::<Result<_>>()?;
+        file.tensors().iter().map(|info| Ok(GgufTensor { file: &file, info, data: file.tensor_data(info)? })).collect::<Result<_>>()?;
     let n_gqa = HParams::from_gguf(&file).map_or(1, |hp| hp.n_head / hp.n_head_kv);
     let shapes: Vec<TensorShape> = sources.iter().map(|s| TensorShape { name: s.name(), dims: s.dims(), source: s.dtype() }).collect();
     let types = plan_types(&shapes, output_type, n_gqa);

@@ -114,7 +114,7 @@ impl TensorSource for HfTensor<'_> {
             match &self.fp8 {
                 None => {
                     let row_bytes = row_len * self.dtype.type_size();
-                    (self.dtype.traits().to_f32)(&self.bytes[src * row_bytes..(src + 1) * row_bytes], dst);
+                    retort_kernels::cpu::simd::to_f32(self.dtype)(&self.bytes[src * row_bytes..(src + 1) * row_bytes], dst);
                 }
                 Some(f) => {
                     let scales = &f.scales[src / f.block_rows * f.blocks_per_row..][..f.blocks_per_row];
@@ -132,6 +132,13 @@ impl TensorSource for HfTensor<'_> {
     fn release(&self) {
         if let Some((file, entry)) = self.origin {
             file.release(entry);
+        }
+    }
+    fn release_rows(&self, first: usize, rows: usize) {
+        // Permuted rows are read out of order: those tensors are released whole at the end.
+        if let (Some((file, entry)), None) = (self.origin, self.permute_heads) {
+            let row_bytes = self.dims[0] as usize * if self.fp8.is_some() { 1 } else { self.dtype.type_size() };
+            file.release_range(entry, first * row_bytes, rows * row_bytes);
         }
     }
 }

@@ -204,11 +204,19 @@ impl SafetensorsFile {
     /// again): a converter done with a tensor keeps its resident memory flat however large
     /// the checkpoint.
     pub fn release(&self, entry: &TensorEntry) {
+        self.release_range(entry, 0, entry.n_bytes());
+    }
+
+    /// As [`release`](Self::release), for `len` bytes of the tensor from byte `offset` on.
+    pub fn release_range(&self, entry: &TensorEntry, offset: usize, len: usize) {
         let Some(map) = &self.map else { return };
-        let Some(start) = self.data_start.checked_add(entry.begin) else { return };
+        let Some(start) = self.data_start.checked_add(entry.begin).and_then(|s| s.checked_add(offset)) else { return };
+        if offset.checked_add(len).is_none_or(|end| end > entry.n_bytes()) {
+            return;
+        }
         // SAFETY: the map is a read-only view of a file retort does not write; dropping its
         // pages only means they are paged in again from the file on the next access.
-        let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, entry.n_bytes()) };
+        let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len) };
     }
 }
 

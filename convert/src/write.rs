@@ -25,6 +25,9 @@ pub trait TensorSource: Sync {
     fn raw(&self) -> Option<&[u8]>;
     /// Called once the tensor is written: a mapped source can give its pages back.
     fn release(&self) {}
+    /// Called once rows [first, first + rows) are converted, for the same reason: memory
+    /// stays flat even through a tensor larger than it (an embedding table of a large vocab).
+    fn release_rows(&self, _first: usize, _rows: usize) {}
 }
 
 /// Rows quantized per parallel task: 256 rows of a 4k-wide layer are 4 MiB of f32.
@@ -152,6 +155,7 @@ fn write_tensor(source: &dyn TensorSource, target: DType, out: &mut dyn Write, p
                     }
                     Ok(())
                 });
+                source.release_rows(first, rows);
                 // A closed channel means the writer gave up: stop producing.
                 if to_writer.send(done.map(|()| (rows, bytes))).is_err() {
                     return;

@@ -5,6 +5,7 @@ use std::cell::RefCell;
 
 use half::f16;
 
+use super::gemm::{tile, MR, NR};
 use super::pool::ThreadPool;
 use super::simd;
 use super::vec::{dot, exp_shifted};
@@ -31,6 +32,15 @@ pub enum KvRows<'a> {
 }
 
 impl KvRows<'_> {
+    /// Row `index` (of out.len() values) widened to f32.
+    fn row_f32(&self, index: usize, out: &mut [f32]) {
+        let dim = out.len();
+        match self {
+            KvRows::F32(rows) => out.copy_from_slice(&rows[index * dim..][..dim]),
+            KvRows::F16(rows) => simd::to_f32(DType::F16)(bytemuck::cast_slice(&rows[index * dim..][..dim]), out),
+        }
+    }
+
     fn len(&self) -> usize {
         match self {
             KvRows::F32(r) => r.len(),
@@ -107,6 +117,10 @@ pub fn attention(pool: &ThreadPool, q: &[f32], keys: KvRows, values: KvRows, cap
     assert!(pos0 + n_tokens <= capacity, "attention past the cache");
     assert!(keys.len() >= s.n_head_kv * capacity * hd && values.len() >= s.n_head_kv * capacity * vd);
 
+    if n_tokens >= MR && vd % NR == 0 {
+        attention_tiled(pool, q, keys, values, capacity, pos0, s, out);
+        return;
+    }
     // One task per (token, head): each writes its own v_head_dim slice of `out`.
     let out_ptr = out.as_mut_ptr() as usize;
     pool.for_ranges(n_tokens * s.n_head, 1, |tasks| {
@@ -129,6 +143,86 @@ pub fn attention(pool: &ThreadPool, q: &[f32], keys: KvRows, values: KvRows, cap
             });
         }
     });
+}
+
+/// The prefill form: for each query head, blocks of MR tokens go through the matmul
+/// micro-kernel twice, scores = Q·Kᵀ against keys packed NR positions to a panel, then
+/// out = softmax(scores)·V reading the values in place. Each key and value is loaded once per
+/// block of MR queries instead of once per query.
+#[allow(clippy::too_many_arguments)]
+fn attention_tiled(pool: &ThreadPool, q: &[f32], keys: KvRows, values: KvRows, capacity: usize, pos0: usize, s: &AttentionShape, out: &mut [f32]) {
+    let (hd, vd) = (s.head_dim, s.v_head_dim);
+    let group = s.n_head / s.n_head_kv;
+    let n_tokens = q.len() / (s.n_head * hd);
+    let n_ctx = pos0 + n_tokens;
+    let n_panels = n_ctx.div_ceil(NR);
+    // Per KV head: keys as panels (panel[i·NR + c] = element i of key c, past n_ctx zero) and
+    // values widened to f32, position-major.
+    let panels_len = n_panels * hd * NR;
+    let mut packed_keys = vec![0f32; s.n_head_kv * panels_len];
+    let mut values_f32 = vec![0f32; s.n_head_kv * n_ctx * vd];
+    let mut row = vec![0f32; hd.max(vd)];
+    for kv in 0..s.n_head_kv {
+        let panels = &mut packed_keys[kv * panels_len..][..panels_len];
+        for p in 0..n_ctx {
+            keys.row_f32(kv * capacity + p, &mut row[..hd]);
+            let (panel, c) = (p / NR, p % NR);
+            for (i, &v) in row[..hd].iter().enumerate() {
+                panels[(panel * hd + i) * NR + c] = v;
+            }
+            values.row_f32(kv * capacity + p, &mut values_f32[(kv * n_ctx + p) * vd..][..vd]);
+        }
+    }
+
+    let n_blocks = n_tokens.div_ceil(MR);
+    let out_ptr = SharedOut(out.as_mut_ptr());
+    pool.for_ranges(s.n_head * n_blocks, 1, |tasks| {
+        SCORES.with(|scores| {
+            let mut scores = scores.borrow_mut();
+            for task in tasks {
+                let (h, t0) = (task / n_blocks, task % n_blocks * MR);
+                let mr = MR.min(n_tokens - t0);
+                let kv = h / group;
+                let width = (pos0 + t0 + mr).div_ceil(NR) * NR;
+                scores.resize(MR * width, 0.0);
+                let queries = &q[(t0 * s.n_head + h) * hd..];
+                for panel in 0..width / NR {
+                    let keys = &packed_keys[kv * panels_len + panel * hd * NR..][..hd * NR];
+                    // SAFETY: rows t < mr of `scores` hold `width` values, NR of them from
+                    // panel·NR on.
+                    unsafe { tile(mr, hd, queries, s.n_head * hd, keys, NR, scores.as_mut_ptr().add(panel * NR), width, false) };
+                }
+                for t in 0..mr {
+                    let row = &mut scores[t * width..(t + 1) * width];
+                    let visible = pos0 + t0 + t + 1;
+                    for v in row[..visible].iter_mut() {
+                        *v *= s.scale;
+                    }
+                    softmax(&mut row[..visible]);
+                    row[visible..].fill(0.0);
+                }
+                let kc = pos0 + t0 + mr;
+                let values = &values_f32[kv * n_ctx * vd..(kv + 1) * n_ctx * vd];
+                for c0 in (0..vd).step_by(NR) {
+                    // SAFETY: task (h, block) alone writes out[(t·n_head + h)·vd + c0 ..][..NR]
+                    // for its tokens t, inside the n_tokens · n_head · vd output.
+                    unsafe { tile(mr, kc, &scores, width, &values[c0..], vd, out_ptr.at((t0 * s.n_head + h) * vd + c0), s.n_head * vd, false) };
+                }
+            }
+        });
+    });
+}
+
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: tasks write disjoint elements (see attention_tiled).
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+impl SharedOut {
+    /// SAFETY of the caller: in bounds, and no other thread touches what is written there.
+    unsafe fn at(self, i: usize) -> *mut f32 {
+        self.0.add(i)
+    }
 }
 
 /// In-place softmax, shifted by the max for stability.
@@ -173,11 +267,18 @@ mod tests {
     }
 
     /// Head-major caches with spare capacity, two KV heads of 64 (the vector path), f32 and
-    /// f16 storage, against a naive f64 computation on the stored values.
+    /// f16 storage, against a naive f64 computation on the stored values; 5 tokens take the
+    /// one-query-at-a-time form, 13 the tiled prefill form (two full blocks and a partial one).
     #[test]
     fn head_major_f32_and_f16_caches() {
+        for n_tokens in [5, 13] {
+            head_major_case(n_tokens);
+        }
+    }
+
+    fn head_major_case(n_tokens: usize) {
         let s = AttentionShape { n_head: 4, n_head_kv: 2, head_dim: 64, v_head_dim: 64, scale: 0.125 };
-        let (capacity, pos0, n_tokens) = (50, 17, 5);
+        let (capacity, pos0) = (50, 17);
         let value = |i: usize| ((i * 7919 % 1013) as f32 - 506.0) / 300.0;
         let k: Vec<f32> = (0..2 * capacity * 64).map(value).collect();
         let v: Vec<f32> = (0..2 * capacity * 64).map(|i| value(i + 5)).collect();
@@ -205,7 +306,7 @@ mod tests {
                     for d in 0..64 {
                         let expect: f64 = scores.iter().enumerate().map(|(p, s)| (s - max).exp() / z * row(&vf, p)[d] as f64).sum();
                         let got = out[(t * 4 + h) * 64 + d] as f64;
-                        assert!((got - expect).abs() < 1e-5, "f16={f16_cache} t={t} h={h} d={d}: {got} vs {expect}");
+                        assert!((got - expect).abs() < 1e-5, "n_tokens={n_tokens} f16={f16_cache} t={t} h={h} d={d}: {got} vs {expect}");
                     }
                 }
             }

@@ -11,48 +11,60 @@ pub const NR: usize = 16;
 /// Tokens per tile.
 pub const MR: usize = 6;
 
-/// acc[t][c] = Σ_{i < kc} x[t·ldx + i] · panel[i·NR + c] for t < mr ≤ MR.
-pub fn tile(mr: usize, kc: usize, x: &[f32], ldx: usize, panel: &[f32], acc: &mut [[f32; NR]; MR]) {
-    assert!(mr >= 1 && mr <= MR && panel.len() >= kc * NR && x.len() >= (mr - 1) * ldx + kc);
+/// out[t·ldo + c] = Σ_{i < kc} x[t·ldx + i] · panel[i·ldp + c] for t < mr ≤ MR and c < NR,
+/// added to what `out` holds when `accumulate` (the k slices after the first).
+///
+/// # Safety
+/// `out.add(t·ldo .. t·ldo + NR)` must be valid for reads and writes for t < mr, and no other
+/// thread may touch those elements meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn tile(mr: usize, kc: usize, x: &[f32], ldx: usize, panel: &[f32], ldp: usize, out: *mut f32, ldo: usize, accumulate: bool) {
+    assert!(mr >= 1 && mr <= MR && ldp >= NR && kc >= 1 && panel.len() >= (kc - 1) * ldp + NR && x.len() >= (mr - 1) * ldx + kc);
     #[cfg(target_arch = "x86_64")]
     if super::simd::isa() == super::simd::Isa::Avx2 {
-        // SAFETY: AVX2 and FMA were detected; the bounds were asserted above.
-        unsafe {
-            match mr {
-                1 => tile_avx2::<1>(kc, x.as_ptr(), ldx, panel.as_ptr(), acc),
-                2 => tile_avx2::<2>(kc, x.as_ptr(), ldx, panel.as_ptr(), acc),
-                3 => tile_avx2::<3>(kc, x.as_ptr(), ldx, panel.as_ptr(), acc),
-                4 => tile_avx2::<4>(kc, x.as_ptr(), ldx, panel.as_ptr(), acc),
-                5 => tile_avx2::<5>(kc, x.as_ptr(), ldx, panel.as_ptr(), acc),
-                _ => tile_avx2::<6>(kc, x.as_ptr(), ldx, panel.as_ptr(), acc),
-            }
+        let (x, panel) = (x.as_ptr(), panel.as_ptr());
+        match mr {
+            1 => tile_avx2::<1>(kc, x, ldx, panel, ldp, out, ldo, accumulate),
+            2 => tile_avx2::<2>(kc, x, ldx, panel, ldp, out, ldo, accumulate),
+            3 => tile_avx2::<3>(kc, x, ldx, panel, ldp, out, ldo, accumulate),
+            4 => tile_avx2::<4>(kc, x, ldx, panel, ldp, out, ldo, accumulate),
+            5 => tile_avx2::<5>(kc, x, ldx, panel, ldp, out, ldo, accumulate),
+            _ => tile_avx2::<6>(kc, x, ldx, panel, ldp, out, ldo, accumulate),
         }
         return;
     }
-    tile_scalar(mr, kc, x, ldx, panel, acc);
+    tile_scalar(mr, kc, x, ldx, panel, ldp, out, ldo, accumulate);
 }
 
-pub fn tile_scalar(mr: usize, kc: usize, x: &[f32], ldx: usize, panel: &[f32], acc: &mut [[f32; NR]; MR]) {
-    for (t, acc) in acc.iter_mut().enumerate().take(mr) {
-        *acc = [0.0; NR];
+/// # Safety
+/// As [`tile`].
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn tile_scalar(mr: usize, kc: usize, x: &[f32], ldx: usize, panel: &[f32], ldp: usize, out: *mut f32, ldo: usize, accumulate: bool) {
+    for t in 0..mr {
+        let mut acc = [0f32; NR];
         for i in 0..kc {
             let a = x[t * ldx + i];
             for (c, acc) in acc.iter_mut().enumerate() {
-                *acc += a * panel[i * NR + c];
+                *acc += a * panel[i * ldp + c];
             }
+        }
+        for (c, acc) in acc.iter().enumerate() {
+            let o = out.add(t * ldo + c);
+            *o = if accumulate { *o + acc } else { *acc };
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile_avx2<const M: usize>(kc: usize, x: *const f32, ldx: usize, panel: *const f32, acc: &mut [[f32; NR]; MR]) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_avx2<const M: usize>(kc: usize, x: *const f32, ldx: usize, panel: *const f32, ldp: usize, out: *mut f32, ldo: usize, accumulate: bool) {
     use std::arch::x86_64::*;
     let mut lo = [_mm256_setzero_ps(); M];
     let mut hi = [_mm256_setzero_ps(); M];
     for i in 0..kc {
-        let b_lo = _mm256_loadu_ps(panel.add(i * NR));
-        let b_hi = _mm256_loadu_ps(panel.add(i * NR + 8));
+        let b_lo = _mm256_loadu_ps(panel.add(i * ldp));
+        let b_hi = _mm256_loadu_ps(panel.add(i * ldp + 8));
         for t in 0..M {
             let a = _mm256_broadcast_ss(&*x.add(t * ldx + i));
             lo[t] = _mm256_fmadd_ps(a, b_lo, lo[t]);
@@ -60,8 +72,13 @@ unsafe fn tile_avx2<const M: usize>(kc: usize, x: *const f32, ldx: usize, panel:
         }
     }
     for t in 0..M {
-        _mm256_storeu_ps(acc[t].as_mut_ptr(), lo[t]);
-        _mm256_storeu_ps(acc[t].as_mut_ptr().add(8), hi[t]);
+        let (o_lo, o_hi) = (out.add(t * ldo), out.add(t * ldo + 8));
+        if accumulate {
+            lo[t] = _mm256_add_ps(lo[t], _mm256_loadu_ps(o_lo));
+            hi[t] = _mm256_add_ps(hi[t], _mm256_loadu_ps(o_hi));
+        }
+        _mm256_storeu_ps(o_lo, lo[t]);
+        _mm256_storeu_ps(o_hi, hi[t]);
     }
 }
 
@@ -75,13 +92,25 @@ mod tests {
         let ldx = 50;
         let x: Vec<f32> = (0..MR * ldx).map(|i| ((i * 7919) % 113) as f32 / 50.0 - 1.0).collect();
         let panel: Vec<f32> = (0..kc * NR).map(|i| ((i * 104729) % 97) as f32 / 40.0 - 1.2).collect();
-        for mr in 1..=MR {
-            let (mut fast, mut slow) = ([[0f32; NR]; MR], [[0f32; NR]; MR]);
-            tile(mr, kc, &x, ldx, &panel, &mut fast);
-            tile_scalar(mr, kc, &x, ldx, &panel, &mut slow);
-            for t in 0..mr {
-                for c in 0..NR {
-                    assert!((fast[t][c] - slow[t][c]).abs() < 1e-4, "mr={mr} t={t} c={c}");
+        let ldo = NR + 3;
+        for accumulate in [false, true] {
+            for mr in 1..=MR {
+                let start: Vec<f32> = (0..MR * ldo).map(|i| (i % 7) as f32 - 3.0).collect();
+                let (mut fast, mut slow) = (start.clone(), start.clone());
+                // SAFETY: MR rows of ldo ≥ NR elements each.
+                unsafe {
+                    tile(mr, kc, &x, ldx, &panel, NR, fast.as_mut_ptr(), ldo, accumulate);
+                    tile_scalar(mr, kc, &x, ldx, &panel, NR, slow.as_mut_ptr(), ldo, accumulate);
+                }
+                for t in 0..MR {
+                    for c in 0..ldo {
+                        let i = t * ldo + c;
+                        if t >= mr || c >= NR {
+                            assert_eq!((fast[i], slow[i]), (start[i], start[i]), "mr={mr} wrote outside the tile at t={t} c={c}");
+                        } else {
+                            assert!((fast[i] - slow[i]).abs() < 1e-4, "mr={mr} accumulate={accumulate} t={t} c={c}");
+                        }
+                    }
                 }
             }
         }

@@ -72,10 +72,9 @@ pub fn matmul(pool: &ThreadPool, x: &[f32], n_tokens: usize, w: Matrix, bias: Op
 fn panel_times_tokens(x: &[f32], n_tokens: usize, w: Matrix, row_bytes: usize, cols: Range<usize>, bias: Option<&[f32]>, out: SharedOut) {
     let k = w.k;
     let block = w.dtype.block_size();
-    let to_f32 = w.dtype.traits().to_f32;
+    let to_f32 = simd::to_f32(w.dtype);
     let mut panel = [0f32; KC * NR];
     let mut row_values = [0f32; KC];
-    let mut acc = [[0f32; NR]; MR];
     for k0 in (0..k).step_by(KC) {
         let kc = KC.min(k - k0);
         // Interleave the rows' dequantized slices; rows past the matrix stay zero.
@@ -89,17 +88,33 @@ fn panel_times_tokens(x: &[f32], n_tokens: usize, w: Matrix, row_bytes: usize, c
         }
         for t0 in (0..n_tokens).step_by(MR) {
             let mr = MR.min(n_tokens - t0);
-            tile(mr, kc, &x[t0 * k + k0..], k, &panel, &mut acc);
-            for (t, acc) in acc.iter().enumerate().take(mr) {
-                for (c, j) in cols.clone().enumerate() {
-                    let start = if k0 == 0 { bias.map_or(0.0, |b| b[j]) } else { 0.0 };
-                    // SAFETY: column j is in this panel, which no other thread handles, and
-                    // (t0 + t, j) lies inside the n_tokens × rows output.
-                    unsafe {
-                        let o = out.at((t0 + t) * w.rows + j);
-                        *o = if k0 == 0 { start + acc[c] } else { *o + acc[c] };
+            let x = &x[t0 * k + k0..];
+            if cols.len() == NR {
+                // SAFETY: the tile covers tokens t0..t0 + mr and this panel's NR columns,
+                // inside the n_tokens × rows output, and no other thread writes this panel.
+                unsafe { tile(mr, kc, x, k, &panel, NR, out.at(t0 * w.rows + cols.start), w.rows, k0 > 0) };
+            } else {
+                // The last, partial panel goes through a local tile.
+                let mut acc = [0f32; MR * NR];
+                // SAFETY: acc holds MR rows of NR.
+                unsafe { tile(mr, kc, x, k, &panel, NR, acc.as_mut_ptr(), NR, false) };
+                for t in 0..mr {
+                    for (c, j) in cols.clone().enumerate() {
+                        // SAFETY: as above, one element of this panel's columns.
+                        unsafe {
+                            let o = out.at((t0 + t) * w.rows + j);
+                            *o = if k0 == 0 { acc[t * NR + c] } else { *o + acc[t * NR + c] };
+                        }
                     }
                 }
+            }
+        }
+    }
+    if let Some(bias) = bias {
+        for t in 0..n_tokens {
+            for j in cols.clone() {
+                // SAFETY: as above.
+                unsafe { *out.at(t * w.rows + j) += bias[j] };
             }
         }
     }

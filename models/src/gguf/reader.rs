@@ -108,6 +108,19 @@ impl GgufFile {
         Ok(&self.map.as_deref().unwrap_or(&[])[range])
     }
 
+    /// Gives resident pages of a tensor back to the kernel (they are read again from the
+    /// file if touched later): a converter streaming through a file keeps its memory flat.
+    /// `len` bytes of the tensor's data from byte `offset` on.
+    pub fn release_tensor(&self, tensor: &TensorInfo, offset: usize, len: usize) {
+        let (Some(map), Ok(range)) = (&self.map, self.data_range(tensor)) else { return };
+        if offset.checked_add(len).is_none_or(|end| end > range.len()) {
+            return;
+        }
+        // SAFETY: the map is a read-only view of a file retort does not write; dropping its
+        // pages only means they are paged in again from the file on the next access.
+        let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, range.start + offset, len) };
+    }
+
     fn data_range(&self, t: &TensorInfo) -> std::result::Result<std::ops::Range<usize>, String> {
         data_range(t, self.data_start, self.file_len())
     }

@@ -427,6 +427,31 @@ pub unsafe fn bf16_f32(row: &[u8], x: &[f32]) -> f32 {
     total
 }
 
+/// The 16-bit floats of `row` widened to f32: `widen` turns 8 of them into 8 floats.
+#[inline(always)]
+unsafe fn widen_row(row: &[u8], out: &mut [f32], widen: impl Fn(__m128i) -> __m256, widen_one: impl Fn(u16) -> f32) {
+    assert_eq!(row.len(), 2 * out.len(), "{} bytes for {} values", row.len(), out.len());
+    let n = out.len();
+    let mut i = 0;
+    while i + 8 <= n {
+        _mm256_storeu_ps(out.as_mut_ptr().add(i), widen(_mm_loadu_si128(row.as_ptr().add(2 * i) as *const __m128i)));
+        i += 8;
+    }
+    for (i, o) in out.iter_mut().enumerate().skip(i) {
+        *o = widen_one(u16::from_le_bytes([row[2 * i], row[2 * i + 1]]));
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn f16_to_f32(row: &[u8], out: &mut [f32]) {
+    widen_row(row, out, |h| _mm256_cvtph_ps(h), |h| half::f16::from_bits(h).to_f32())
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn bf16_to_f32(row: &[u8], out: &mut [f32]) {
+    widen_row(row, out, |h| _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)), |h| f32::from_bits((h as u32) << 16))
+}
+
 // ---- activation quantization
 
 /// One 32-value block to Q8_0 (`with_sum` false: d | qs) or Q8_1 (true: d | s | qs), as

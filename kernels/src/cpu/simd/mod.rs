@@ -78,6 +78,17 @@ macro_rules! checked_quantizer {
     }};
 }
 
+#[allow(unused_macros)] // no vector decoder on some targets
+macro_rules! checked_decoder {
+    ($kernel:path) => {{
+        fn call(row: &[u8], out: &mut [f32]) {
+            // SAFETY: handed out only when `isa()` detected this kernel's target features.
+            unsafe { $kernel(row, out) }
+        }
+        call as fn(&[u8], &mut [f32])
+    }};
+}
+
 /// The fastest integer dot product of `dtype` weights on this CPU, if there is one.
 pub fn vec_dot(dtype: DType) -> Option<VecDot> {
     vec_dot_for(isa(), dtype)
@@ -124,6 +135,17 @@ pub fn quantize_activations(act_type: DType) -> fn(&[f32], &mut [u8]) {
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx2, DType::Q8_1) => checked_quantizer!(avx2::quantize_q8_1),
         _ => act_type.traits().from_f32.expect("activation types have quantizers"),
+    }
+}
+
+/// The fastest decoder of a `dtype` row to f32 (the table's values, bit for bit).
+pub fn to_f32(dtype: DType) -> fn(&[u8], &mut [f32]) {
+    match (isa(), dtype) {
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, DType::F16) => checked_decoder!(avx2::f16_to_f32),
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, DType::BF16) => checked_decoder!(avx2::bf16_to_f32),
+        _ => dtype.traits().to_f32,
     }
 }
 
@@ -278,6 +300,29 @@ mod tests {
                 let magnitude: f64 = x.iter().map(|v| v.abs() as f64 * 2.0).sum::<f64>() + 1e-30;
                 let got = dot_f32(dtype)(&row, &x) as f64;
                 assert!((got - expected).abs() <= 1e-5 * magnitude, "{dtype} n={n}: {got} vs {expected}");
+            }
+        }
+    }
+
+    /// Row decoders are bit-identical to the table's, tails included; special values too.
+    #[test]
+    fn row_decoders_match_the_table() {
+        let mut seed = 5u64;
+        for dtype in DType::ALL.iter().copied().filter(|d| d.block_size() == 1) {
+            for n in [0, 1, 7, 8, 9, 100, 1000] {
+                let mut row = quantize(dtype, &random(n, &mut seed, 4.0));
+                if n > 8 && dtype != DType::F32 {
+                    // +inf, -0.0 and a NaN in the 16-bit formats' encodings
+                    let specials: [u16; 3] = if dtype == DType::F16 { [0x7c00, 0x8000, 0x7e01] } else { [0x7f80, 0x8000, 0x7fc1] };
+                    for (i, bits) in specials.into_iter().enumerate() {
+                        row[2 * i..2 * i + 2].copy_from_slice(&bits.to_le_bytes());
+                    }
+                }
+                let (mut want, mut got) = (vec![0f32; n], vec![1f32; n]);
+                (dtype.traits().to_f32)(&row, &mut want);
+                to_f32(dtype)(&row, &mut got);
+                let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{dtype} n={n}");
             }
         }
     }
