@@ -124,7 +124,8 @@ impl Threads {
 #[derive(Args)]
 struct Precision {
     /// Keep activations in f32 in every matmul (the exact reference's arithmetic). By default
-    /// one-token steps quantize them to 8 bits, as llama.cpp does, for speed.
+    /// one-token steps (and, in run and bench, prompt batches) quantize them to 8 bits, as
+    /// llama.cpp does, for speed.
     #[arg(long)]
     exact: bool,
     /// Key/value cache type: f32 (exact) or f16 (half the memory, like llama.cpp's default).
@@ -133,8 +134,10 @@ struct Precision {
 }
 
 impl Precision {
-    fn apply(&self, exec: &mut retort_runtime::executor::Executor) -> Result<()> {
+    /// `batches`: whether prompt batches may be quantized too (generation, not evaluation).
+    fn apply(&self, exec: &mut retort_runtime::executor::Executor, batches: bool) -> Result<()> {
         exec.set_exact(self.exact);
+        exec.set_quantized_batches(batches && !self.exact);
         let kv_type = match self.kv_type.to_ascii_lowercase().as_str() {
             "f32" => retort_kernels::DType::F32,
             "f16" => retort_kernels::DType::F16,
@@ -243,7 +246,7 @@ fn run(args: RunArgs) -> Result<()> {
     sampler_config.validate().map_err(Error::Usage)?;
     let mut sampler = Sampler::new(sampler_config);
     let mut exec = model.executor(args.ctx, 512, false, threads)?;
-    args.precision.apply(&mut exec)?;
+    args.precision.apply(&mut exec, true)?;
     let stdout = std::io::stdout();
     let result = generate::generate(&mut exec, tok, &prompt, args.n_predict, &mut sampler, |text| {
         let mut out = stdout.lock();
@@ -375,7 +378,7 @@ fn value_to_json(v: &Value) -> serde_json::Value {
 fn eval(path: PathBuf, tokens: &[u32], out: PathBuf, one_by_one: bool, precision: &Precision, threads: usize) -> Result<()> {
     let model = Model::load(&path)?;
     let mut exec = model.executor(tokens.len(), if one_by_one { 1 } else { 512 }, true, threads)?;
-    precision.apply(&mut exec)?;
+    precision.apply(&mut exec, false)?;
     let logits = generate::all_logits(&mut exec, tokens)?;
     let vocab = exec.vocab_size();
     retort_runtime::npy::write_f32(&out, &[tokens.len(), vocab], &logits).map_err(|e| Error::Io(out.display().to_string(), e))?;
@@ -391,7 +394,7 @@ fn bench(path: PathBuf, n_prompt: usize, n_gen: usize, repetitions: usize, json:
     }
     let model = Model::load(&path)?;
     let mut exec = model.executor(n_prompt.max(n_gen).max(1), n_prompt.max(1), false, threads)?;
-    precision.apply(&mut exec)?;
+    precision.apply(&mut exec, true)?;
     let vocab = exec.vocab_size() as u64;
     let tokens: Vec<u32> = (0..n_prompt.max(1) as u64).map(|i| ((i * 2654435761 + 12345) % vocab) as u32).collect();
     let mut time = |f: &mut dyn FnMut(&mut retort_runtime::executor::Executor) -> Result<()>| -> Result<Vec<f64>> {

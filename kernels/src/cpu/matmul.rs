@@ -14,9 +14,10 @@
 use std::ops::Range;
 
 use super::gemm::{tile, MR, NR};
+use super::gemm_i8::{tile_i8, Tokens, MR8, NR8};
 use super::pool::ThreadPool;
 use super::simd::{self, VecDot};
-use crate::dtype::DType;
+use crate::dtype::{AffineLevels, DType};
 
 /// Elements of k per packed panel: a multiple of every block size (1, 32, 256), so a slice
 /// of a row is whole blocks; the panel (16 KiB) stays in L1 while the tokens stream past.
@@ -120,6 +121,147 @@ fn panel_times_tokens(x: &[f32], n_tokens: usize, w: Matrix, row_bytes: usize, c
     }
 }
 
+/// `x`: n_tokens × k, row-major; `out`: n_tokens × rows, with the activations quantized to 8
+/// bits per 32 values (Q8_1's rounding) and the weights read as integer levels (the table's
+/// [`crate::dtype::TypeTraits::levels`]): the prefill counterpart of [`matvec_quantized`], as
+/// accurate as the one-token steps. Returns false, computing nothing, for a weight type
+/// without levels; the caller then uses [`matmul`].
+pub fn matmul_8bit(pool: &ThreadPool, x: &[f32], n_tokens: usize, w: Matrix, bias: Option<&[f32]>, out: &mut [f32]) -> bool {
+    let Some(levels) = w.dtype.traits().levels else { return false };
+    let row_bytes = w.row_bytes();
+    let k = w.k;
+    assert_eq!(x.len(), n_tokens * k);
+    assert_eq!(out.len(), n_tokens * w.rows);
+    let tokens = TokenLevels::quantize(pool, x, n_tokens, k);
+    let tokens = Tokens { levels: &tokens.levels, scales: &tokens.scales, sums: &tokens.sums, k };
+    let out = SharedOut(out.as_mut_ptr());
+    let n_panels = w.rows.div_ceil(NR8);
+    pool.for_ranges(n_panels, 1, |panels| {
+        for p in panels {
+            let cols = p * NR8..((p + 1) * NR8).min(w.rows);
+            panel_times_tokens_8bit(&tokens, n_tokens, w, row_bytes, levels, cols, bias, out);
+        }
+    });
+    true
+}
+
+/// Activations quantized as Q8_1 (the decode kernels' rounding), unpacked for the 8-bit tile.
+struct TokenLevels {
+    levels: Vec<i8>,
+    scales: Vec<f32>,
+    sums: Vec<f32>,
+}
+
+impl TokenLevels {
+    fn quantize(pool: &ThreadPool, x: &[f32], n_tokens: usize, k: usize) -> TokenLevels {
+        let nb = k / 32;
+        let mut t = TokenLevels { levels: vec![0; n_tokens * k], scales: vec![0.0; n_tokens * nb], sums: vec![0.0; n_tokens * nb] };
+        let quantize = simd::quantize_activations(DType::Q8_1);
+        let (levels, scales, sums) = (SharedBytes(t.levels.as_mut_ptr()), SharedOut(t.scales.as_mut_ptr()), SharedOut(t.sums.as_mut_ptr()));
+        pool.for_ranges(n_tokens, 4, |range| {
+            let mut blocks = vec![0u8; nb * crate::quants::q8_1::BLOCK_BYTES];
+            for token in range {
+                quantize(&x[token * k..(token + 1) * k], &mut blocks);
+                for (b, block) in blocks.chunks_exact(crate::quants::q8_1::BLOCK_BYTES).enumerate() {
+                    // d·Σq from the levels in f32, not Q8_1's f16 s: the offset types
+                    // multiply it by their offset, and f16 would cost 11 bits there.
+                    let d = crate::quants::f16_at(block, 0);
+                    let level_sum: i32 = block[4..].iter().map(|&q| q as i8 as i32).sum();
+                    // SAFETY: token rows belong to this range alone; indices stay inside the
+                    // n_tokens × k (levels) and n_tokens × nb (scales, sums) buffers.
+                    unsafe {
+                        *scales.at(token * nb + b) = d;
+                        *sums.at(token * nb + b) = d * level_sum as f32;
+                        std::ptr::copy_nonoverlapping(block[4..].as_ptr(), levels.at(token * k + b * 32), 32);
+                    }
+                }
+            }
+        });
+        t
+    }
+}
+
+/// Elements of k per 8-bit panel: the levels are a quarter of f32's size, so a panel of 8
+/// rows × 2048 (16 KiB) still sits in L1, and each tile call has 64 blocks of work.
+const KC_8BIT: usize = 2048;
+
+/// Weight rows `cols` (≤ NR8) for every token, 8-bit: each KC_8BIT slice of the rows is unpacked
+/// into levels interleaved as the tile reads them, then every token tile runs over it.
+#[allow(clippy::too_many_arguments)]
+fn panel_times_tokens_8bit(tokens: &Tokens, n_tokens: usize, w: Matrix, row_bytes: usize, levels: AffineLevels, cols: Range<usize>, bias: Option<&[f32]>, out: SharedOut) {
+    let k = w.k;
+    let (block, type_size) = (w.dtype.block_size(), w.dtype.type_size());
+    const KC_BLOCKS: usize = KC_8BIT / 32;
+    let mut panel = vec![0u8; KC_8BIT * NR8];
+    let (mut scales, mut offsets) = (vec![0f32; KC_BLOCKS * NR8], vec![0f32; KC_BLOCKS * NR8]);
+    let mut row_levels = vec![0u8; KC_8BIT];
+    let (mut row_scales, mut row_offsets) = (vec![0f32; KC_BLOCKS], vec![0f32; KC_BLOCKS]);
+    for k0 in (0..k).step_by(KC_8BIT) {
+        let kc = KC_8BIT.min(k - k0);
+        let n_blocks = kc / 32;
+        // Rows past the matrix stay zero (scale and offset 0: they add nothing).
+        panel[..kc * NR8].fill(0);
+        scales.fill(0.0);
+        offsets.fill(0.0);
+        for (r, j) in cols.clone().enumerate() {
+            let bytes = &w.row(j, row_bytes)[k0 / block * type_size..(k0 + kc) / block * type_size];
+            for (i, weight_block) in bytes.chunks_exact(type_size).enumerate() {
+                let (values, groups) = (i * block..(i + 1) * block, i * block / 32..(i + 1) * block / 32);
+                (levels.unpack)(weight_block, &mut row_levels[values], &mut row_scales[groups.clone()], &mut row_offsets[groups]);
+            }
+            for b in 0..n_blocks {
+                for g in 0..8 {
+                    panel[(b * 8 + g) * 32 + 4 * r..][..4].copy_from_slice(&row_levels[b * 32 + 4 * g..][..4]);
+                }
+                scales[b * NR8 + r] = row_scales[b];
+                offsets[b * NR8 + r] = row_offsets[b];
+            }
+        }
+        for t0 in (0..n_tokens).step_by(MR8) {
+            let mr = MR8.min(n_tokens - t0);
+            let args = (&panel[..], &scales[..], &offsets[..]);
+            if cols.len() == NR8 {
+                // SAFETY: the tile covers tokens t0..t0 + mr and this panel's NR8 columns,
+                // inside the n_tokens × rows output, and no other thread writes this panel.
+                unsafe { tile_i8(mr, tokens, t0, k0 / 32, n_blocks, args.0, args.1, args.2, levels.max_level, out.at(t0 * w.rows + cols.start), w.rows, k0 > 0) };
+            } else {
+                let mut acc = [0f32; MR8 * NR8];
+                // SAFETY: acc holds MR8 rows of NR8.
+                unsafe { tile_i8(mr, tokens, t0, k0 / 32, n_blocks, args.0, args.1, args.2, levels.max_level, acc.as_mut_ptr(), NR8, false) };
+                for t in 0..mr {
+                    for (c, j) in cols.clone().enumerate() {
+                        // SAFETY: as above, one element of this panel's columns.
+                        unsafe {
+                            let o = out.at((t0 + t) * w.rows + j);
+                            *o = if k0 == 0 { acc[t * NR8 + c] } else { *o + acc[t * NR8 + c] };
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if let Some(bias) = bias {
+        for t in 0..n_tokens {
+            for j in cols.clone() {
+                // SAFETY: as above.
+                unsafe { *out.at(t * w.rows + j) += bias[j] };
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SharedBytes(*mut i8);
+// SAFETY: threads write disjoint token rows (see TokenLevels::quantize).
+unsafe impl Send for SharedBytes {}
+unsafe impl Sync for SharedBytes {}
+impl SharedBytes {
+    /// SAFETY of the caller: as [`SharedOut::at`].
+    unsafe fn at(self, i: usize) -> *mut u8 {
+        self.0.add(i).cast()
+    }
+}
+
 /// One token with quantized activations: `xq` is x quantized to `kernel.act_type` by
 /// [`quantize_activations`]; `out` has one value per weight row.
 pub fn matvec_quantized(pool: &ThreadPool, xq: &[u8], kernel: VecDot, w: Matrix, bias: Option<&[f32]>, out: &mut [f32]) {
@@ -189,6 +331,49 @@ mod tests {
         let mut deq = vec![0f32; case.k * case.rows];
         (dtype.traits().to_f32)(&w, &mut deq);
         (w, deq)
+    }
+
+    /// The 8-bit prefill against an f64 triple loop over the dequantized weight and the
+    /// dequantized Q8_1 activations (what it multiplies, so only f32 rounding separates
+    /// them), for every type with levels: partial panels and tiles, two k slices, 1 and 3
+    /// threads, a bias. Types without levels decline.
+    #[test]
+    fn matmul_8bit_matches_its_dequantized_reference() {
+        let mut seed = 5u32;
+        // k spans two KC_8BIT slices, the second partial.
+        let (k, rows) = (KC_8BIT + 512, 37);
+        let case = Case { k, rows, w_f32: random(&mut seed, k * rows), bias: random(&mut seed, rows) };
+        for threads in [1, 3] {
+            let pool = ThreadPool::new(threads).unwrap();
+            for &dtype in DType::ALL {
+                if dtype.traits().from_f32.is_none() || dtype.row_bytes(k).is_none() {
+                    continue;
+                }
+                let (w, deq) = quantized(dtype, &case);
+                let matrix = Matrix { bytes: &w, dtype, k, rows };
+                for n_tokens in [2, 5, 9] {
+                    let x = random(&mut seed, n_tokens * k);
+                    let mut out = vec![f32::NAN; n_tokens * rows];
+                    let handled = matmul_8bit(&pool, &x, n_tokens, matrix, Some(&case.bias), &mut out);
+                    assert_eq!(handled, dtype.traits().levels.is_some(), "{dtype}");
+                    if !handled {
+                        continue;
+                    }
+                    for t in 0..n_tokens {
+                        let mut xq = vec![0u8; DType::Q8_1.row_bytes(k).unwrap()];
+                        quantize_activations(&x[t * k..(t + 1) * k], DType::Q8_1, &mut xq);
+                        let mut xd = vec![0f32; k];
+                        (DType::Q8_1.traits().to_f32)(&xq, &mut xd);
+                        for j in 0..rows {
+                            let exact: f64 = (0..k).map(|i| deq[j * k + i] as f64 * xd[i] as f64).sum::<f64>() + case.bias[j] as f64;
+                            let magnitude: f64 = (0..k).map(|i| (deq[j * k + i] as f64 * xd[i] as f64).abs()).sum::<f64>();
+                            let got = out[t * rows + j] as f64;
+                            assert!((got - exact).abs() <= 1e-5 * magnitude + 1e-6, "{dtype} threads={threads} n_tokens={n_tokens} t={t} j={j}: {got} vs {exact}");
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Exact paths against a plain f64 triple loop over the dequantized weight, for every

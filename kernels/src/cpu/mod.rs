@@ -4,6 +4,7 @@
 
 mod attention;
 mod gemm;
+mod gemm_i8;
 mod matmul;
 mod norm;
 pub mod pool;
@@ -12,7 +13,7 @@ pub mod simd;
 mod vec;
 
 pub use attention::{attention, softmax, AttentionShape, KvRows};
-pub use matmul::{matmul, matvec_quantized, quantize_activations, Matrix};
+pub use matmul::{matmul, matmul_8bit, matvec_quantized, quantize_activations, Matrix};
 pub use norm::rms_norm;
 pub use pool::ThreadPool;
 pub use rope::{rope, RopeParams, RopeStyle};

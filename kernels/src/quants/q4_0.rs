@@ -33,4 +33,14 @@ pub fn quantize_block(x: &[f32; QK], out: &mut [u8; BLOCK_BYTES]) {
     }
 }
 
+/// The block as levels q with scale d and offset −8d (see `DType::levels`).
+pub fn unpack_levels(block: &[u8], levels: &mut [u8], scales: &mut [f32], offsets: &mut [f32]) {
+    let d = f16_at(block, 0);
+    for j in 0..QK / 2 {
+        levels[j] = block[2 + j] & 0x0f;
+        levels[j + QK / 2] = block[2 + j] >> 4;
+    }
+    (scales[0], offsets[0]) = (d, -8.0 * d);
+}
+
 row_functions!();

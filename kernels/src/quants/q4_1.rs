@@ -32,4 +32,13 @@ pub fn quantize_block(x: &[f32; QK], out: &mut [u8; BLOCK_BYTES]) {
     }
 }
 
+/// The block as levels q with scale d and offset m (see `DType::levels`).
+pub fn unpack_levels(block: &[u8], levels: &mut [u8], scales: &mut [f32], offsets: &mut [f32]) {
+    for j in 0..QK / 2 {
+        levels[j] = block[4 + j] & 0x0f;
+        levels[j + QK / 2] = block[4 + j] >> 4;
+    }
+    (scales[0], offsets[0]) = (f16_at(block, 0), f16_at(block, 2));
+}
+
 row_functions!();

@@ -39,4 +39,16 @@ pub fn quantize_block(x: &[f32; QK], out: &mut [u8; BLOCK_BYTES]) {
     out[2..6].copy_from_slice(&qh.to_le_bytes());
 }
 
+/// The block as levels q with scale d and offset −16d (see `DType::levels`).
+pub fn unpack_levels(block: &[u8], levels: &mut [u8], scales: &mut [f32], offsets: &mut [f32]) {
+    let d = f16_at(block, 0);
+    let qh = u32_at(block, 2);
+    let fifth_bit = |i: usize| (((qh >> i) & 1) << 4) as u8;
+    for j in 0..QK / 2 {
+        levels[j] = (block[6 + j] & 0x0f) | fifth_bit(j);
+        levels[j + QK / 2] = (block[6 + j] >> 4) | fifth_bit(j + QK / 2);
+    }
+    (scales[0], offsets[0]) = (d, -16.0 * d);
+}
+
 row_functions!();

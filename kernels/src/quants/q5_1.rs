@@ -43,4 +43,15 @@ pub fn quantize_block(x: &[f32; QK], out: &mut [u8; BLOCK_BYTES]) {
     out[4..8].copy_from_slice(&qh.to_le_bytes());
 }
 
+/// The block as levels q with scale d and offset m (see `DType::levels`).
+pub fn unpack_levels(block: &[u8], levels: &mut [u8], scales: &mut [f32], offsets: &mut [f32]) {
+    let qh = u32_at(block, 4);
+    let fifth_bit = |i: usize| (((qh >> i) & 1) << 4) as u8;
+    for j in 0..QK / 2 {
+        levels[j] = (block[8 + j] & 0x0f) | fifth_bit(j);
+        levels[j + QK / 2] = (block[8 + j] >> 4) | fifth_bit(j + QK / 2);
+    }
+    (scales[0], offsets[0]) = (f16_at(block, 0), f16_at(block, 2));
+}
+
 row_functions!();

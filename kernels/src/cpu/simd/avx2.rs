@@ -470,7 +470,12 @@ unsafe fn quantize_block_q8(x: *const f32, out: *mut u8, with_sum: bool) {
     let amax = _mm_cvtss_f32(_mm_max_ss(pair, _mm_movehdup_ps(pair)));
     let d = amax / 127.0;
     let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
-    let ints = v.map(|v| _mm256_cvtps_epi32(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(v, id))));
+    // A plain loop, not `array::map`: a closure handed to std code is compiled without this
+    // function's target features, and its intrinsics became calls (10% of prefill).
+    let mut ints = [_mm256_setzero_si256(); 4];
+    for (int, &v) in ints.iter_mut().zip(&v) {
+        *int = _mm256_cvtps_epi32(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(v, id)));
+    }
     let qs_offset = if with_sum { 4 } else { 2 };
     if with_sum {
         let total = _mm256_add_epi32(_mm256_add_epi32(ints[0], ints[1]), _mm256_add_epi32(ints[2], ints[3]));

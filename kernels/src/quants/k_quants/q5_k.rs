@@ -63,3 +63,17 @@ pub fn to_f32(src: &[u8], dst: &mut [f32]) {
 pub fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
     crate::quants::dot_row(row, x, dequantize_block)
 }
+
+/// Group j as levels q with scale d·scale_j and offset −dmin·min_j (see `DType::levels`).
+pub fn unpack_levels(block: &[u8], levels: &mut [u8], scales: &mut [f32], offsets: &mut [f32]) {
+    let (d, dmin) = (f16_at(block, 0), f16_at(block, 2));
+    let (qh, qs) = (&block[16..48], &block[48..]);
+    for (j, group) in levels.chunks_exact_mut(32).take(QK_K / 32).enumerate() {
+        let (scale, min) = scale_min_k4(j, &block[4..16]);
+        (scales[j], offsets[j]) = (d * scale as f32, -(dmin * min as f32));
+        let (stride, shift) = (&qs[32 * (j / 2)..32 * (j / 2) + 32], 4 * (j % 2));
+        for (l, v) in group.iter_mut().enumerate() {
+            *v = ((stride[l] >> shift) & 0x0f) | (((qh[l] >> j) & 1) << 4);
+        }
+    }
+}
