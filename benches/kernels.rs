@@ -2,6 +2,8 @@
 //! - `matvec_q8`: one token with 8-bit activations (decode's path), on a matrix that stays in
 //!   L2 (compute-bound) and one of 64 MiB of f32-equivalent that streams from memory;
 //! - `matmul_exact`: f32 activations, 1 token and 64 tokens (prefill's GEMM);
+//! - `matmul_8bit`: 64 tokens with 8-bit activations (prefill in run and bench), for the
+//!   types with integer levels, next to `matmul_exact` on the same shape;
 //! - `quantize_activations`: one 4096-wide row to each 8-bit activation type.
 //! Throughput is weight bytes per second, comparable with `retort bandwidth`.
 
@@ -43,9 +45,9 @@ fn matvec_q8(c: &mut Criterion) {
 }
 
 fn matmul_exact(c: &mut Criterion) {
-    let (k, rows) = (576, 1536);
+    let (k, rows) = (1536, 1536);
     let pool = ThreadPool::new(1).unwrap();
-    let mut group = c.benchmark_group("matmul_exact_576x1536");
+    let mut group = c.benchmark_group("matmul_exact_1536x1536");
     for dtype in weight_types() {
         let w = weights(dtype, k, rows);
         let matrix = Matrix { bytes: &w, dtype, k, rows };
@@ -61,6 +63,23 @@ fn matmul_exact(c: &mut Criterion) {
     group.finish();
 }
 
+fn matmul_8bit(c: &mut Criterion) {
+    let (k, rows, n_tokens) = (1536, 1536, 64);
+    let pool = ThreadPool::new(1).unwrap();
+    let mut group = c.benchmark_group("matmul_8bit_1536x1536");
+    for dtype in weight_types().filter(|t| t.traits().levels.is_some()) {
+        let w = weights(dtype, k, rows);
+        let matrix = Matrix { bytes: &w, dtype, k, rows };
+        let x: Vec<f32> = (0..n_tokens * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let mut out = vec![0f32; n_tokens * rows];
+        group.throughput(Throughput::Bytes((w.len() * n_tokens) as u64));
+        group.bench_with_input(BenchmarkId::new(dtype.name(), n_tokens), &n_tokens, |b, &n| {
+            b.iter(|| assert!(cpu::matmul_8bit(&pool, &x, n, matrix, None, &mut out)))
+        });
+    }
+    group.finish();
+}
+
 fn quantize_activations(c: &mut Criterion) {
     let k = 4096;
     let x: Vec<f32> = (0..k).map(|i| (i as f32 * 0.37).sin()).collect();
@@ -72,5 +91,5 @@ fn quantize_activations(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, matvec_q8, matmul_exact, quantize_activations);
+criterion_group!(benches, matvec_q8, matmul_exact, matmul_8bit, quantize_activations);
 criterion_main!(benches);

@@ -175,47 +175,4 @@ mod tests {
             }
         }
     }
-
-    /// Throughput probe (run by hand: `cargo test --release -p retort-kernels gemm_i8 -- --ignored --nocapture`):
-    /// multiply-adds per second of this kernel next to the f32 one on the same shape.
-    #[test]
-    #[ignore]
-    fn throughput_probe() {
-        let (k, n_tokens) = (1536usize, 480usize);
-        let nb = k / 32;
-        let token_levels = vec![3i8; n_tokens * k];
-        let token_scales = vec![0.01f32; n_tokens * nb];
-        let token_sums = vec![0.5f32; n_tokens * nb];
-        let tokens = Tokens { levels: &token_levels, scales: &token_scales, sums: &token_sums, k };
-        let kc_blocks = 8;
-        let levels = vec![7u8; kc_blocks * 32 * NR8];
-        let (scales, offsets) = (vec![0.1f32; kc_blocks * NR8], vec![-0.2f32; kc_blocks * NR8]);
-        let mut out = vec![0f32; n_tokens * NR8];
-        let reps = 2000;
-        let start = std::time::Instant::now();
-        for _ in 0..reps {
-            for b0 in (0..nb).step_by(kc_blocks) {
-                for t0 in (0..n_tokens).step_by(MR8) {
-                    unsafe { tile_i8(MR8, &tokens, t0, b0, kc_blocks, &levels, &scales, &offsets, 15, out.as_mut_ptr().add(t0 * NR8), NR8, b0 > 0) };
-                }
-            }
-        }
-        let macs = (reps * n_tokens * k * NR8) as f64;
-        println!("i8 tile: {:.1} GMAC/s", macs / start.elapsed().as_secs_f64() / 1e9);
-
-        let x = vec![0.5f32; n_tokens * k];
-        let panel = vec![0.25f32; 256 * super::super::gemm::NR];
-        let nr = super::super::gemm::NR;
-        let mut out = vec![0f32; n_tokens * nr];
-        let start = std::time::Instant::now();
-        for _ in 0..reps / 2 {
-            for k0 in (0..k).step_by(256) {
-                for t0 in (0..n_tokens).step_by(super::super::gemm::MR) {
-                    unsafe { super::super::gemm::tile(super::super::gemm::MR, 256, &x[t0 * k + k0..], k, &panel, nr, out.as_mut_ptr().add(t0 * nr), nr, k0 > 0) };
-                }
-            }
-        }
-        let macs = ((reps / 2) * n_tokens * k * nr) as f64;
-        println!("f32 tile: {:.1} GMAC/s", macs / start.elapsed().as_secs_f64() / 1e9);
-    }
 }
