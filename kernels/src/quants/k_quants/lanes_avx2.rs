@@ -16,26 +16,6 @@ use super::ScaleGrid;
 const LANES: usize = 8;
 const MAX_GROUP: usize = 32;
 
-/// Values of the 8 groups transposed: t[i] holds value i of every group.
-struct Transposed {
-    t: [__m256; MAX_GROUP],
-}
-
-impl Transposed {
-    /// `values` holds 8 groups of `n` one after another.
-    #[target_feature(enable = "avx2")]
-    unsafe fn new(values: &[f32], n: usize) -> Self {
-        assert!(n <= MAX_GROUP && values.len() == LANES * n);
-        let group_starts = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(n as i32));
-        let mut t = [_mm256_setzero_ps(); MAX_GROUP];
-        for (i, t) in t.iter_mut().enumerate().take(n) {
-            // SAFETY: the largest index read is 7n + i < 8n = values.len().
-            *t = _mm256_i32gather_ps::<4>(values.as_ptr().add(i), group_starts);
-        }
-        Transposed { t }
-    }
-}
-
 /// Writes lane j of levels[i] (small non-negative integers held as floats) to out[j·n + i].
 #[target_feature(enable = "avx2")]
 unsafe fn store_levels(levels: &[__m256], n: usize, out: &mut [u8]) {
@@ -264,8 +244,9 @@ pub(crate) unsafe fn make_qkx2_quants_lanes<const S: usize, const N: usize, cons
 #[target_feature(enable = "avx2")]
 pub(crate) unsafe fn make_qx_quants_x8(x: &[f32], n: usize, nmax: i32, levels: &mut [u8]) -> [f32; LANES] {
     assert!((1..=MAX_GROUP).contains(&n) && x.len() == LANES * n && levels.len() == x.len());
-    let xt = Transposed::new(x, n);
-    let x = &xt.t[..n];
+    let xt = Lanes::<1>::transpose(x, n);
+    let xt: [__m256; MAX_GROUP] = std::array::from_fn(|i| xt[i].0[0]);
+    let x = &xt[..n];
     let zero = _mm256_setzero_ps();
     let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
     let (low, high) = (_mm256_set1_ps(-nmax as f32), _mm256_set1_ps((nmax - 1) as f32));
