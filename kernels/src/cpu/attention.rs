@@ -147,7 +147,8 @@ pub fn attention(pool: &ThreadPool, q: &[f32], keys: KvRows, values: KvRows, cap
 
 /// The prefill form: for each query head, blocks of MR tokens go through the matmul
 /// micro-kernel twice, scores = Q·Kᵀ against keys packed NR positions to a panel, then
-/// out = softmax(scores)·V reading the values in place. Each key and value is loaded once per
+/// out = softmax(scores)·V over the values widened to f32 (one copy per KV head, the panel
+/// stride being the head dim). Each key and value is loaded once per
 /// block of MR queries instead of once per query.
 #[allow(clippy::too_many_arguments)]
 fn attention_tiled(pool: &ThreadPool, q: &[f32], keys: KvRows, values: KvRows, capacity: usize, pos0: usize, s: &AttentionShape, out: &mut [f32]) {
