@@ -45,7 +45,7 @@ impl TensorSource for GgufTensor<'_> {
         self.file.release_tensor(self.info, 0, self.data.len());
     }
     fn release_rows(&self, first: usize, rows: usize) {
-        let row_bytes = self.data.len() / self.info.dims[1..].iter().product::<u64>().max(1) as usize;
+        let row_bytes = self.info.dtype.row_bytes(self.info.dims[0] as usize).expect("validated when the file was opened");
         self.file.release_tensor(self.info, first * row_bytes, rows * row_bytes);
     }
 }

@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use half::f16;
 
 use super::gemm::{tile, MR, NR};
-use super::pool::ThreadPool;
+use super::pool::{SharedMut, ThreadPool};
 use super::simd;
 use super::vec::{dot, exp_shifted};
 use crate::dtype::DType;
@@ -176,7 +176,7 @@ fn attention_tiled(pool: &ThreadPool, q: &[f32], keys: KvRows, values: KvRows, c
     }
 
     let n_blocks = n_tokens.div_ceil(MR);
-    let out_ptr = SharedOut(out.as_mut_ptr());
+    let out_ptr = SharedMut(out.as_mut_ptr());
     pool.for_ranges(s.n_head * n_blocks, 1, |tasks| {
         SCORES.with(|scores| {
             let mut scores = scores.borrow_mut();
@@ -212,18 +212,6 @@ fn attention_tiled(pool: &ThreadPool, q: &[f32], keys: KvRows, values: KvRows, c
             }
         });
     });
-}
-
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: tasks write disjoint elements (see attention_tiled).
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-impl SharedOut {
-    /// SAFETY of the caller: in bounds, and no other thread touches what is written there.
-    unsafe fn at(self, i: usize) -> *mut f32 {
-        self.0.add(i)
-    }
 }
 
 /// In-place softmax, shifted by the max for stability.

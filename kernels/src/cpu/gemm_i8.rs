@@ -34,6 +34,7 @@ pub struct Tokens<'a> {
 /// # Safety
 /// As [`super::gemm::tile`]: out.add(t·ldo ..)[..NR8] valid and not shared, for t < mr.
 #[allow(clippy::too_many_arguments)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))] // max_level picks AVX2 variants
 pub unsafe fn tile_i8(mr: usize, tokens: &Tokens, t0: usize, b0: usize, n_blocks: usize, levels: &[u8], scales: &[f32], offsets: &[f32], max_level: u8, out: *mut f32, ldo: usize, accumulate: bool) {
     let nb = tokens.k / 32;
     assert!(mr >= 1 && mr <= MR8 && b0 + n_blocks <= nb && (t0 + mr) * tokens.k <= tokens.levels.len());

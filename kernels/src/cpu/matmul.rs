@@ -15,7 +15,7 @@ use std::ops::Range;
 
 use super::gemm::{tile, MR, NR};
 use super::gemm_i8::{tile_i8, Tokens, MR8, NR8};
-use super::pool::ThreadPool;
+use super::pool::{SharedMut, ThreadPool};
 use super::simd::{self, VecDot};
 use crate::dtype::{AffineLevels, DType};
 
@@ -49,7 +49,7 @@ pub fn matmul(pool: &ThreadPool, x: &[f32], n_tokens: usize, w: Matrix, bias: Op
     let row_bytes = w.row_bytes();
     assert_eq!(x.len(), n_tokens * w.k);
     assert_eq!(out.len(), n_tokens * w.rows);
-    let out = SharedOut(out.as_mut_ptr());
+    let out = SharedMut(out.as_mut_ptr());
     if n_tokens == 1 {
         let dot = simd::dot_f32(w.dtype);
         pool.for_ranges(w.rows, grain(pool, w.rows), |rows| {
@@ -70,7 +70,7 @@ pub fn matmul(pool: &ThreadPool, x: &[f32], n_tokens: usize, w: Matrix, bias: Op
 }
 
 /// The output columns `cols` (≤ NR weight rows) for every token.
-fn panel_times_tokens(x: &[f32], n_tokens: usize, w: Matrix, row_bytes: usize, cols: Range<usize>, bias: Option<&[f32]>, out: SharedOut) {
+fn panel_times_tokens(x: &[f32], n_tokens: usize, w: Matrix, row_bytes: usize, cols: Range<usize>, bias: Option<&[f32]>, out: SharedMut<f32>) {
     let k = w.k;
     let block = w.dtype.block_size();
     let to_f32 = simd::to_f32(w.dtype);
@@ -99,24 +99,37 @@ fn panel_times_tokens(x: &[f32], n_tokens: usize, w: Matrix, row_bytes: usize, c
                 let mut acc = [0f32; MR * NR];
                 // SAFETY: acc holds MR rows of NR.
                 unsafe { tile(mr, kc, x, k, &panel, NR, acc.as_mut_ptr(), NR, false) };
-                for t in 0..mr {
-                    for (c, j) in cols.clone().enumerate() {
-                        // SAFETY: as above, one element of this panel's columns.
-                        unsafe {
-                            let o = out.at((t0 + t) * w.rows + j);
-                            *o = if k0 == 0 { acc[t * NR + c] } else { *o + acc[t * NR + c] };
-                        }
-                    }
-                }
+                store_partial_tile(&acc, NR, mr, t0, cols.clone(), w.rows, k0 > 0, out);
             }
         }
     }
-    if let Some(bias) = bias {
-        for t in 0..n_tokens {
-            for j in cols.clone() {
-                // SAFETY: as above.
-                unsafe { *out.at(t * w.rows + j) += bias[j] };
+    add_bias(bias, n_tokens, cols, w.rows, out);
+}
+
+/// A tile of `mr` tokens computed into `acc` (rows of `nr`) for a panel narrower than the
+/// tile (`cols`, the matrix's last rows): stored, or added when `accumulate` (k slices after
+/// the first), into the n_tokens × `rows` output.
+#[allow(clippy::too_many_arguments)]
+fn store_partial_tile(acc: &[f32], nr: usize, mr: usize, t0: usize, cols: Range<usize>, rows: usize, accumulate: bool, out: SharedMut<f32>) {
+    for t in 0..mr {
+        for (c, j) in cols.clone().enumerate() {
+            // SAFETY: columns `cols` belong to the caller's panel, which no other thread
+            // writes, and (t0 + t, j) lies inside the output.
+            unsafe {
+                let o = out.at((t0 + t) * rows + j);
+                *o = if accumulate { *o + acc[t * nr + c] } else { acc[t * nr + c] };
             }
+        }
+    }
+}
+
+/// Adds the bias of output columns `cols` for every token, once the panel is done.
+fn add_bias(bias: Option<&[f32]>, n_tokens: usize, cols: Range<usize>, rows: usize, out: SharedMut<f32>) {
+    let Some(bias) = bias else { return };
+    for t in 0..n_tokens {
+        for j in cols.clone() {
+            // SAFETY: as in `store_partial_tile`.
+            unsafe { *out.at(t * rows + j) += bias[j] };
         }
     }
 }
@@ -134,12 +147,13 @@ pub fn matmul_8bit(pool: &ThreadPool, x: &[f32], n_tokens: usize, w: Matrix, bia
     assert_eq!(out.len(), n_tokens * w.rows);
     let tokens = TokenLevels::quantize(pool, x, n_tokens, k);
     let tokens = Tokens { levels: &tokens.levels, scales: &tokens.scales, sums: &tokens.sums, k };
-    let out = SharedOut(out.as_mut_ptr());
+    let out = SharedMut(out.as_mut_ptr());
     let n_panels = w.rows.div_ceil(NR8);
     pool.for_ranges(n_panels, 1, |panels| {
+        let mut scratch = Panel8::new();
         for p in panels {
             let cols = p * NR8..((p + 1) * NR8).min(w.rows);
-            panel_times_tokens_8bit(&tokens, n_tokens, w, row_bytes, levels, cols, bias, out);
+            panel_times_tokens_8bit(&tokens, n_tokens, w, row_bytes, levels, cols, bias, out, &mut scratch);
         }
     });
     true
@@ -157,7 +171,7 @@ impl TokenLevels {
         let nb = k / 32;
         let mut t = TokenLevels { levels: vec![0; n_tokens * k], scales: vec![0.0; n_tokens * nb], sums: vec![0.0; n_tokens * nb] };
         let quantize = simd::quantize_activations(DType::Q8_1);
-        let (levels, scales, sums) = (SharedBytes(t.levels.as_mut_ptr()), SharedOut(t.scales.as_mut_ptr()), SharedOut(t.sums.as_mut_ptr()));
+        let (levels, scales, sums) = (SharedMut(t.levels.as_mut_ptr()), SharedMut(t.scales.as_mut_ptr()), SharedMut(t.sums.as_mut_ptr()));
         pool.for_ranges(n_tokens, 4, |range| {
             let mut blocks = vec![0u8; nb * crate::quants::q8_1::BLOCK_BYTES];
             for token in range {
@@ -172,7 +186,7 @@ impl TokenLevels {
                     unsafe {
                         *scales.at(token * nb + b) = d;
                         *sums.at(token * nb + b) = d * level_sum as f32;
-                        std::ptr::copy_nonoverlapping(block[4..].as_ptr(), levels.at(token * k + b * 32), 32);
+                        std::ptr::copy_nonoverlapping(block[4..].as_ptr(), levels.at(token * k + b * 32).cast::<u8>(), 32);
                     }
                 }
             }
@@ -184,82 +198,75 @@ impl TokenLevels {
 /// Elements of k per 8-bit panel: the levels are a quarter of f32's size, so a panel of 8
 /// rows × 2048 (16 KiB) still sits in L1, and each tile call has 64 blocks of work.
 const KC_8BIT: usize = 2048;
+const KC_BLOCKS_8BIT: usize = KC_8BIT / 32;
 
-/// Weight rows `cols` (≤ NR8) for every token, 8-bit: each KC_8BIT slice of the rows is unpacked
-/// into levels interleaved as the tile reads them, then every token tile runs over it.
-#[allow(clippy::too_many_arguments)]
-fn panel_times_tokens_8bit(tokens: &Tokens, n_tokens: usize, w: Matrix, row_bytes: usize, levels: AffineLevels, cols: Range<usize>, bias: Option<&[f32]>, out: SharedOut) {
-    let k = w.k;
-    let (block, type_size) = (w.dtype.block_size(), w.dtype.type_size());
-    const KC_BLOCKS: usize = KC_8BIT / 32;
-    let mut panel = vec![0u8; KC_8BIT * NR8];
-    let (mut scales, mut offsets) = (vec![0f32; KC_BLOCKS * NR8], vec![0f32; KC_BLOCKS * NR8]);
-    let mut row_levels = vec![0u8; KC_8BIT];
-    let (mut row_scales, mut row_offsets) = (vec![0f32; KC_BLOCKS], vec![0f32; KC_BLOCKS]);
-    for k0 in (0..k).step_by(KC_8BIT) {
-        let kc = KC_8BIT.min(k - k0);
-        let n_blocks = kc / 32;
-        // Rows past the matrix stay zero (scale and offset 0: they add nothing).
-        panel[..kc * NR8].fill(0);
-        scales.fill(0.0);
-        offsets.fill(0.0);
-        for (r, j) in cols.clone().enumerate() {
-            let bytes = &w.row(j, row_bytes)[k0 / block * type_size..(k0 + kc) / block * type_size];
-            for (i, weight_block) in bytes.chunks_exact(type_size).enumerate() {
-                let (values, groups) = (i * block..(i + 1) * block, i * block / 32..(i + 1) * block / 32);
-                (levels.unpack)(weight_block, &mut row_levels[values], &mut row_scales[groups.clone()], &mut row_offsets[groups]);
-            }
-            for b in 0..n_blocks {
-                for g in 0..8 {
-                    panel[(b * 8 + g) * 32 + 4 * r..][..4].copy_from_slice(&row_levels[b * 32 + 4 * g..][..4]);
-                }
-                scales[b * NR8 + r] = row_scales[b];
-                offsets[b * NR8 + r] = row_offsets[b];
-            }
-        }
-        for t0 in (0..n_tokens).step_by(MR8) {
-            let mr = MR8.min(n_tokens - t0);
-            let args = (&panel[..], &scales[..], &offsets[..]);
-            if cols.len() == NR8 {
-                // SAFETY: the tile covers tokens t0..t0 + mr and this panel's NR8 columns,
-                // inside the n_tokens × rows output, and no other thread writes this panel.
-                unsafe { tile_i8(mr, tokens, t0, k0 / 32, n_blocks, args.0, args.1, args.2, levels.max_level, out.at(t0 * w.rows + cols.start), w.rows, k0 > 0) };
-            } else {
-                let mut acc = [0f32; MR8 * NR8];
-                // SAFETY: acc holds MR8 rows of NR8.
-                unsafe { tile_i8(mr, tokens, t0, k0 / 32, n_blocks, args.0, args.1, args.2, levels.max_level, acc.as_mut_ptr(), NR8, false) };
-                for t in 0..mr {
-                    for (c, j) in cols.clone().enumerate() {
-                        // SAFETY: as above, one element of this panel's columns.
-                        unsafe {
-                            let o = out.at((t0 + t) * w.rows + j);
-                            *o = if k0 == 0 { acc[t * NR8 + c] } else { *o + acc[t * NR8 + c] };
-                        }
-                    }
-                }
-            }
-        }
-    }
-    if let Some(bias) = bias {
-        for t in 0..n_tokens {
-            for j in cols.clone() {
-                // SAFETY: as above.
-                unsafe { *out.at(t * w.rows + j) += bias[j] };
-            }
+/// One thread's 8-bit panel: levels interleaved as the tile reads them, scales and offsets,
+/// and one row's unpacked slice on its way in.
+struct Panel8 {
+    levels: Vec<u8>,
+    scales: Vec<f32>,
+    offsets: Vec<f32>,
+    row_levels: Vec<u8>,
+    row_scales: Vec<f32>,
+    row_offsets: Vec<f32>,
+}
+
+impl Panel8 {
+    fn new() -> Panel8 {
+        Panel8 {
+            levels: vec![0; KC_8BIT * NR8],
+            scales: vec![0.0; KC_BLOCKS_8BIT * NR8],
+            offsets: vec![0.0; KC_BLOCKS_8BIT * NR8],
+            row_levels: vec![0; KC_8BIT],
+            row_scales: vec![0.0; KC_BLOCKS_8BIT],
+            row_offsets: vec![0.0; KC_BLOCKS_8BIT],
         }
     }
 }
 
-#[derive(Clone, Copy)]
-struct SharedBytes(*mut i8);
-// SAFETY: threads write disjoint token rows (see TokenLevels::quantize).
-unsafe impl Send for SharedBytes {}
-unsafe impl Sync for SharedBytes {}
-impl SharedBytes {
-    /// SAFETY of the caller: as [`SharedOut::at`].
-    unsafe fn at(self, i: usize) -> *mut u8 {
-        self.0.add(i).cast()
+/// Weight rows `cols` (≤ NR8) for every token, 8-bit: each KC_8BIT slice of the rows is unpacked
+/// into levels interleaved as the tile reads them, then every token tile runs over it.
+#[allow(clippy::too_many_arguments)]
+fn panel_times_tokens_8bit(tokens: &Tokens, n_tokens: usize, w: Matrix, row_bytes: usize, levels: AffineLevels, cols: Range<usize>, bias: Option<&[f32]>, out: SharedMut<f32>, panel: &mut Panel8) {
+    let k = w.k;
+    let (block, type_size) = (w.dtype.block_size(), w.dtype.type_size());
+    for k0 in (0..k).step_by(KC_8BIT) {
+        let kc = KC_8BIT.min(k - k0);
+        let n_blocks = kc / 32;
+        // Rows past the matrix stay zero (scale and offset 0: they add nothing).
+        panel.levels[..kc * NR8].fill(0);
+        panel.scales.fill(0.0);
+        panel.offsets.fill(0.0);
+        for (r, j) in cols.clone().enumerate() {
+            let bytes = &w.row(j, row_bytes)[k0 / block * type_size..(k0 + kc) / block * type_size];
+            for (i, weight_block) in bytes.chunks_exact(type_size).enumerate() {
+                let (values, groups) = (i * block..(i + 1) * block, i * block / 32..(i + 1) * block / 32);
+                (levels.unpack)(weight_block, &mut panel.row_levels[values], &mut panel.row_scales[groups.clone()], &mut panel.row_offsets[groups]);
+            }
+            for b in 0..n_blocks {
+                for g in 0..8 {
+                    panel.levels[(b * 8 + g) * 32 + 4 * r..][..4].copy_from_slice(&panel.row_levels[b * 32 + 4 * g..][..4]);
+                }
+                panel.scales[b * NR8 + r] = panel.row_scales[b];
+                panel.offsets[b * NR8 + r] = panel.row_offsets[b];
+            }
+        }
+        let (panel_levels, scales, offsets) = (&panel.levels[..], &panel.scales[..], &panel.offsets[..]);
+        for t0 in (0..n_tokens).step_by(MR8) {
+            let mr = MR8.min(n_tokens - t0);
+            if cols.len() == NR8 {
+                // SAFETY: the tile covers tokens t0..t0 + mr and this panel's NR8 columns,
+                // inside the n_tokens × rows output, and no other thread writes this panel.
+                unsafe { tile_i8(mr, tokens, t0, k0 / 32, n_blocks, panel_levels, scales, offsets, levels.max_level, out.at(t0 * w.rows + cols.start), w.rows, k0 > 0) };
+            } else {
+                let mut acc = [0f32; MR8 * NR8];
+                // SAFETY: acc holds MR8 rows of NR8.
+                unsafe { tile_i8(mr, tokens, t0, k0 / 32, n_blocks, panel_levels, scales, offsets, levels.max_level, acc.as_mut_ptr(), NR8, false) };
+                store_partial_tile(&acc, NR8, mr, t0, cols.clone(), w.rows, k0 > 0, out);
+            }
+        }
     }
+    add_bias(bias, n_tokens, cols, w.rows, out);
 }
 
 /// One token with quantized activations: `xq` is x quantized to `kernel.act_type` by
@@ -268,7 +275,7 @@ pub fn matvec_quantized(pool: &ThreadPool, xq: &[u8], kernel: VecDot, w: Matrix,
     let row_bytes = w.row_bytes();
     assert_eq!(Some(xq.len()), kernel.act_type.row_bytes(w.k), "activations quantized for another length");
     assert_eq!(out.len(), w.rows);
-    let out = SharedOut(out.as_mut_ptr());
+    let out = SharedMut(out.as_mut_ptr());
     pool.for_ranges(w.rows, grain(pool, w.rows), |rows| {
         for j in rows {
             // SAFETY: as in `matmul`.
@@ -288,18 +295,6 @@ pub fn quantize_activations(x: &[f32], act_type: DType, out: &mut [u8]) {
 /// hand-out stays cheap next to the work.
 fn grain(pool: &ThreadPool, rows: usize) -> usize {
     (rows / (8 * pool.n_threads())).max(16)
-}
-
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: threads write disjoint elements (see the callers).
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-impl SharedOut {
-    /// SAFETY of the caller: i is in bounds and no other thread touches element i.
-    unsafe fn at(self, i: usize) -> *mut f32 {
-        self.0.add(i)
-    }
 }
 
 #[cfg(test)]

@@ -181,6 +181,20 @@ fn worker(shared: &Shared, ith: usize, n: usize) {
     }
 }
 
+/// A buffer that the tasks of one `run` write at disjoint indices: each task must own the
+/// elements it writes (the callers say why theirs do).
+#[derive(Clone, Copy)]
+pub(crate) struct SharedMut<T>(pub(crate) *mut T);
+// SAFETY: tasks write disjoint elements (see the callers).
+unsafe impl<T> Send for SharedMut<T> {}
+unsafe impl<T> Sync for SharedMut<T> {}
+impl<T> SharedMut<T> {
+    /// SAFETY of the caller: i is in bounds and no other thread touches element i.
+    pub(crate) unsafe fn at(self, i: usize) -> *mut T {
+        self.0.add(i)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -55,37 +55,15 @@ pub struct VecDot {
     pub dot: fn(row: &[u8], act: &[u8]) -> f32,
 }
 
-/// Wraps a `target_feature` kernel in a safe fn pointer. Only used below, after `isa()` has
-/// found the features the kernel is compiled for.
+/// Wraps a `target_feature` kernel of two arguments in a safe fn pointer of the given type.
+/// Only used below, after `isa()` has found the features the kernel is compiled for.
 macro_rules! checked {
-    ($kernel:path, $act:ty) => {{
-        fn call(row: &[u8], act: $act) -> f32 {
+    ($kernel:path, fn($a:ty, $b:ty) $(-> $ret:ty)?) => {{
+        fn call(a: $a, b: $b) $(-> $ret)? {
             // SAFETY: handed out only when `isa()` detected this kernel's target features.
-            unsafe { $kernel(row, act) }
+            unsafe { $kernel(a, b) }
         }
-        call as fn(&[u8], $act) -> f32
-    }};
-}
-
-#[allow(unused_macros)] // no vector quantizer on some targets
-macro_rules! checked_quantizer {
-    ($kernel:path) => {{
-        fn call(x: &[f32], out: &mut [u8]) {
-            // SAFETY: handed out only when `isa()` detected this kernel's target features.
-            unsafe { $kernel(x, out) }
-        }
-        call as fn(&[f32], &mut [u8])
-    }};
-}
-
-#[allow(unused_macros)] // no vector decoder on some targets
-macro_rules! checked_decoder {
-    ($kernel:path) => {{
-        fn call(row: &[u8], out: &mut [f32]) {
-            // SAFETY: handed out only when `isa()` detected this kernel's target features.
-            unsafe { $kernel(row, out) }
-        }
-        call as fn(&[u8], &mut [f32])
+        call as fn($a, $b) $(-> $ret)?
     }};
 }
 
@@ -100,23 +78,23 @@ pub fn vec_dot_for(isa: Isa, dtype: DType) -> Option<VecDot> {
         Isa::Scalar => return None,
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => match dtype {
-            DType::Q4_0 => checked!(avx2::q4_0_q8_1, &[u8]),
-            DType::Q4_1 => checked!(avx2::q4_1_q8_1, &[u8]),
-            DType::Q5_0 => checked!(avx2::q5_0_q8_1, &[u8]),
-            DType::Q5_1 => checked!(avx2::q5_1_q8_1, &[u8]),
-            DType::Q8_0 => checked!(avx2::q8_0_q8_0, &[u8]),
-            DType::Q2_K => checked!(avx2::q2_k_q8_k, &[u8]),
-            DType::Q3_K => checked!(avx2::q3_k_q8_k, &[u8]),
-            DType::Q4_K => checked!(avx2::q4_k_q8_k, &[u8]),
-            DType::Q5_K => checked!(avx2::q5_k_q8_k, &[u8]),
-            DType::Q6_K => checked!(avx2::q6_k_q8_k, &[u8]),
+            DType::Q4_0 => checked!(avx2::q4_0_q8_1, fn(&[u8], &[u8]) -> f32),
+            DType::Q4_1 => checked!(avx2::q4_1_q8_1, fn(&[u8], &[u8]) -> f32),
+            DType::Q5_0 => checked!(avx2::q5_0_q8_1, fn(&[u8], &[u8]) -> f32),
+            DType::Q5_1 => checked!(avx2::q5_1_q8_1, fn(&[u8], &[u8]) -> f32),
+            DType::Q8_0 => checked!(avx2::q8_0_q8_0, fn(&[u8], &[u8]) -> f32),
+            DType::Q2_K => checked!(avx2::q2_k_q8_k, fn(&[u8], &[u8]) -> f32),
+            DType::Q3_K => checked!(avx2::q3_k_q8_k, fn(&[u8], &[u8]) -> f32),
+            DType::Q4_K => checked!(avx2::q4_k_q8_k, fn(&[u8], &[u8]) -> f32),
+            DType::Q5_K => checked!(avx2::q5_k_q8_k, fn(&[u8], &[u8]) -> f32),
+            DType::Q6_K => checked!(avx2::q6_k_q8_k, fn(&[u8], &[u8]) -> f32),
             _ => return None,
         },
         #[cfg(target_arch = "aarch64")]
         Isa::Neon => match dtype {
-            DType::Q4_0 => checked!(neon::q4_0_q8_1, &[u8]),
-            DType::Q4_1 => checked!(neon::q4_1_q8_1, &[u8]),
-            DType::Q8_0 => checked!(neon::q8_0_q8_0, &[u8]),
+            DType::Q4_0 => checked!(neon::q4_0_q8_1, fn(&[u8], &[u8]) -> f32),
+            DType::Q4_1 => checked!(neon::q4_1_q8_1, fn(&[u8], &[u8]) -> f32),
+            DType::Q8_0 => checked!(neon::q8_0_q8_0, fn(&[u8], &[u8]) -> f32),
             _ => return None,
         },
         #[allow(unreachable_patterns)]
@@ -131,9 +109,9 @@ pub fn vec_dot_for(isa: Isa, dtype: DType) -> Option<VecDot> {
 pub fn quantize_activations(act_type: DType) -> fn(&[f32], &mut [u8]) {
     match (isa(), act_type) {
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, DType::Q8_0) => checked_quantizer!(avx2::quantize_q8_0),
+        (Isa::Avx2, DType::Q8_0) => checked!(avx2::quantize_q8_0, fn(&[f32], &mut [u8])),
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, DType::Q8_1) => checked_quantizer!(avx2::quantize_q8_1),
+        (Isa::Avx2, DType::Q8_1) => checked!(avx2::quantize_q8_1, fn(&[f32], &mut [u8])),
         _ => act_type.traits().from_f32.expect("activation types have quantizers"),
     }
 }
@@ -142,9 +120,9 @@ pub fn quantize_activations(act_type: DType) -> fn(&[f32], &mut [u8]) {
 pub fn to_f32(dtype: DType) -> fn(&[u8], &mut [f32]) {
     match (isa(), dtype) {
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, DType::F16) => checked_decoder!(avx2::f16_to_f32),
+        (Isa::Avx2, DType::F16) => checked!(avx2::f16_to_f32, fn(&[u8], &mut [f32])),
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, DType::BF16) => checked_decoder!(avx2::bf16_to_f32),
+        (Isa::Avx2, DType::BF16) => checked!(avx2::bf16_to_f32, fn(&[u8], &mut [f32])),
         _ => dtype.traits().to_f32,
     }
 }
@@ -157,9 +135,9 @@ pub fn dot_f32(dtype: DType) -> fn(&[u8], &[f32]) -> f32 {
 pub fn dot_f32_for(isa: Isa, dtype: DType) -> fn(&[u8], &[f32]) -> f32 {
     match (isa, dtype) {
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, DType::F16) => checked!(avx2::f16_f32, &[f32]),
+        (Isa::Avx2, DType::F16) => checked!(avx2::f16_f32, fn(&[u8], &[f32]) -> f32),
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, DType::BF16) => checked!(avx2::bf16_f32, &[f32]),
+        (Isa::Avx2, DType::BF16) => checked!(avx2::bf16_f32, fn(&[u8], &[f32]) -> f32),
         _ => dtype.traits().dot_f32,
     }
 }

@@ -48,6 +48,16 @@ pub(crate) fn scale_min_k4(j: usize, packed: &[u8]) -> (u8, u8) {
     }
 }
 
+/// Q4_K / Q5_K group j's decoded scale d·scale_j and offset −dmin·min_j, for the 8 groups of
+/// a block (its `levels` form: weight = scale·level + offset).
+pub(crate) fn affine_k4_scales(block: &[u8], scales: &mut [f32], offsets: &mut [f32]) {
+    let (d, dmin) = (f16_at(block, 0), f16_at(block, 2));
+    for j in 0..QK_K / 32 {
+        let (scale, min) = scale_min_k4(j, &block[4..16]);
+        (scales[j], offsets[j]) = (d * scale as f32, -(dmin * min as f32));
+    }
+}
+
 /// Inverse of [`scale_min_k4`]: packs eight 6-bit (scale, min) pairs into 12 bytes.
 pub(crate) fn pack_scale_min_k4(scales: &[u8; 8], mins: &[u8; 8]) -> [u8; K_SCALE_SIZE] {
     let mut packed = [0u8; K_SCALE_SIZE];
@@ -191,6 +201,7 @@ pub(crate) fn make_qkx2_quants_groups(
     let groups = x.len() / n;
     assert!(x.len() == groups * n && weights.len() == x.len() && levels.len() == x.len());
     assert!(scales.len() == groups && mins.len() == groups);
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))] // the lanes are x86-only
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if crate::cpu::simd::isa() == crate::cpu::simd::Isa::Avx2 && (n == 16 || n == 32) {

@@ -5,7 +5,7 @@
 //! scales and the low 4 bits in qs are laid out as in Q4_K; the fifth bit of weight 32j + l
 //! (group j) is bit j of qh[l].
 
-use super::{quantize_affine_k4, quantize_affine_k4_row, scale_min_k4, AffineK4, ScaleGrid, K_SCALE_SIZE, QK_K};
+use super::{affine_k4_scales, quantize_affine_k4, quantize_affine_k4_row, scale_min_k4, AffineK4, ScaleGrid, K_SCALE_SIZE, QK_K};
 use crate::quants::f16_at;
 
 pub const BLOCK_BYTES: usize = 2 + 2 + K_SCALE_SIZE + QK_K / 8 + QK_K / 2;
@@ -64,13 +64,12 @@ pub fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
     crate::quants::dot_row(row, x, dequantize_block)
 }
 
-/// Group j as levels q with scale d·scale_j and offset −dmin·min_j (see `DType::levels`).
+/// The block as levels q, group j with scale d·scale_j and offset −dmin·min_j (see
+/// `DType::levels`).
 pub fn unpack_levels(block: &[u8], levels: &mut [u8], scales: &mut [f32], offsets: &mut [f32]) {
-    let (d, dmin) = (f16_at(block, 0), f16_at(block, 2));
+    affine_k4_scales(block, scales, offsets);
     let (qh, qs) = (&block[16..48], &block[48..]);
     for (j, group) in levels.chunks_exact_mut(32).take(QK_K / 32).enumerate() {
-        let (scale, min) = scale_min_k4(j, &block[4..16]);
-        (scales[j], offsets[j]) = (d * scale as f32, -(dmin * min as f32));
         let (stride, shift) = (&qs[32 * (j / 2)..32 * (j / 2) + 32], 4 * (j % 2));
         for (l, v) in group.iter_mut().enumerate() {
             *v = ((stride[l] >> shift) & 0x0f) | (((qh[l] >> j) & 1) << 4);

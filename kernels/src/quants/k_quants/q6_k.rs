@@ -91,6 +91,7 @@ fn weighted_sums(x: &[f32], nmax: i32, iscale: f32) -> (f32, f32) {
 pub fn quantize_block(x: &[f32; QK_K], out: &mut [u8; BLOCK_BYTES]) {
     let mut levels = [0u8; QK_K];
     let mut scales = [0.0f32; QK_K / 16];
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))] // the lanes are x86-only
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if crate::cpu::simd::isa() == crate::cpu::simd::Isa::Avx2 {
