@@ -5,7 +5,7 @@ use std::cell::RefCell;
 
 use half::f16;
 
-use super::gemm::{tile, MR, NR};
+use super::gemm::{tile, Tokens, MR, NR};
 use super::pool::{SharedMut, ThreadPool};
 use super::simd;
 use super::vec::{dot, exp_shifted};
@@ -191,7 +191,7 @@ fn attention_tiled(pool: &ThreadPool, q: &[f32], keys: KvRows, values: KvRows, c
                     let keys = &packed_keys[kv * panels_len + panel * hd * NR..][..hd * NR];
                     // SAFETY: rows t < mr of `scores` hold `width` values, NR of them from
                     // panel·NR on.
-                    unsafe { tile(mr, hd, queries, s.n_head * hd, keys, NR, scores.as_mut_ptr().add(panel * NR), width, false) };
+                    unsafe { tile(mr, hd, Tokens::Rows { x: queries, ldx: s.n_head * hd }, keys, NR, scores.as_mut_ptr().add(panel * NR), width, false) };
                 }
                 for t in 0..mr {
                     let row = &mut scores[t * width..(t + 1) * width];
@@ -207,7 +207,7 @@ fn attention_tiled(pool: &ThreadPool, q: &[f32], keys: KvRows, values: KvRows, c
                 for c0 in (0..vd).step_by(NR) {
                     // SAFETY: task (h, block) alone writes out[(t·n_head + h)·vd + c0 ..][..NR]
                     // for its tokens t, inside the n_tokens · n_head · vd output.
-                    unsafe { tile(mr, kc, &scores, width, &values[c0..], vd, out_ptr.at((t0 * s.n_head + h) * vd + c0), s.n_head * vd, false) };
+                    unsafe { tile(mr, kc, Tokens::Rows { x: &scores, ldx: width }, &values[c0..], vd, out_ptr.at((t0 * s.n_head + h) * vd + c0), s.n_head * vd, false) };
                 }
             }
         });

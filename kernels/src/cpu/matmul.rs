@@ -13,7 +13,7 @@
 
 use std::ops::Range;
 
-use super::gemm::{tile, MR, NR};
+use super::gemm::{pack_tokens, tile, Tokens as TileTokens, MR, NR};
 use super::gemm_i8::{tile_i8, Tokens, MR8, NR8};
 use super::pool::{SharedMut, ThreadPool};
 use super::simd::{self, VecDot};
@@ -60,17 +60,35 @@ pub fn matmul(pool: &ThreadPool, x: &[f32], n_tokens: usize, w: Matrix, bias: Op
         });
         return;
     }
+    let packed = pack_all_tokens(pool, x, n_tokens, w.k);
     let n_panels = w.rows.div_ceil(NR);
     pool.for_ranges(n_panels, 1, |panels| {
         for p in panels {
             let cols = p * NR..((p + 1) * NR).min(w.rows);
-            panel_times_tokens(x, n_tokens, w, row_bytes, cols, bias, out);
+            panel_times_tokens(&packed, n_tokens, w, row_bytes, cols, bias, out);
         }
     });
 }
 
+/// Every block of MR tokens of `x` packed as the tile reads them ([`pack_tokens`]): block b's
+/// element i of token t at [(b·k + i)·MR + t]. The tile then streams one buffer, where rows
+/// of x would be MR strided streams, each far from the next.
+fn pack_all_tokens(pool: &ThreadPool, x: &[f32], n_tokens: usize, k: usize) -> Vec<f32> {
+    let n_blocks = n_tokens.div_ceil(MR);
+    let mut packed = vec![0f32; n_blocks * k * MR];
+    let dst = SharedMut(packed.as_mut_ptr());
+    pool.for_ranges(n_blocks, 1, |blocks| {
+        for b in blocks {
+            // SAFETY: block b alone writes its k·MR values, inside the buffer.
+            let block = unsafe { std::slice::from_raw_parts_mut(dst.at(b * k * MR), k * MR) };
+            pack_tokens(x, k, b * MR, block);
+        }
+    });
+    packed
+}
+
 /// The output columns `cols` (≤ NR weight rows) for every token.
-fn panel_times_tokens(x: &[f32], n_tokens: usize, w: Matrix, row_bytes: usize, cols: Range<usize>, bias: Option<&[f32]>, out: SharedMut<f32>) {
+fn panel_times_tokens(packed: &[f32], n_tokens: usize, w: Matrix, row_bytes: usize, cols: Range<usize>, bias: Option<&[f32]>, out: SharedMut<f32>) {
     let k = w.k;
     let block = w.dtype.block_size();
     let to_f32 = simd::to_f32(w.dtype);
@@ -89,16 +107,16 @@ fn panel_times_tokens(x: &[f32], n_tokens: usize, w: Matrix, row_bytes: usize, c
         }
         for t0 in (0..n_tokens).step_by(MR) {
             let mr = MR.min(n_tokens - t0);
-            let x = &x[t0 * k + k0..];
+            let x = TileTokens::Packed(&packed[(t0 / MR * k + k0) * MR..]);
             if cols.len() == NR {
                 // SAFETY: the tile covers tokens t0..t0 + mr and this panel's NR columns,
                 // inside the n_tokens × rows output, and no other thread writes this panel.
-                unsafe { tile(mr, kc, x, k, &panel, NR, out.at(t0 * w.rows + cols.start), w.rows, k0 > 0) };
+                unsafe { tile(mr, kc, x, &panel, NR, out.at(t0 * w.rows + cols.start), w.rows, k0 > 0) };
             } else {
                 // The last, partial panel goes through a local tile.
                 let mut acc = [0f32; MR * NR];
                 // SAFETY: acc holds MR rows of NR.
-                unsafe { tile(mr, kc, x, k, &panel, NR, acc.as_mut_ptr(), NR, false) };
+                unsafe { tile(mr, kc, x, &panel, NR, acc.as_mut_ptr(), NR, false) };
                 store_partial_tile(&acc, NR, mr, t0, cols.clone(), w.rows, k0 > 0, out);
             }
         }
