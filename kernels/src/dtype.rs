@@ -51,19 +51,27 @@ pub struct TypeTraits {
     /// f32 (the float types, and the activation-only types themselves). Unlike ggml, Q4_0
     /// and Q5_0 take Q8_1: its block sums turn their fixed offsets into one multiply a block.
     pub vec_dot_type: DType,
-    /// The block as unsigned levels with a scale and an offset per 32 values, w = scale·u +
+    /// The block as integer levels with a scale and an offset per 32 values, w = scale·u +
     /// offset, exactly: what the 8-bit prefill kernel multiplies (`cpu::matmul_8bit`). None
-    /// for types that are not of that form (signed 8-bit and 16-bit-scaled sub-blocks of 16).
+    /// for types that are not of that form (16-bit-scaled sub-blocks of 16, floats).
     pub levels: Option<AffineLevels>,
 }
 
 /// See [`TypeTraits::levels`].
 #[derive(Clone, Copy, Debug)]
 pub struct AffineLevels {
-    /// The largest level (15 or 31).
-    pub max_level: u8,
+    pub range: LevelRange,
     /// One block → block_size levels in value order, and block_size / 32 scales and offsets.
     pub unpack: fn(block: &[u8], levels: &mut [u8], scales: &mut [f32], offsets: &mut [f32]),
+}
+
+/// The values a type's levels take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LevelRange {
+    /// 0..=max (15 or 31): the level goes straight into `maddubs` as its unsigned operand.
+    Unsigned(u8),
+    /// −127..=127, the bytes of an i8 (Q8_0): multiplied as |w| times sign(w)·x.
+    Signed,
 }
 
 /// The table, indexed by `DType as usize`.
@@ -84,23 +92,23 @@ const ROWS: [TypeTraits; DType::ALL.len()] = [
     },
     TypeTraits {
         dtype: DType::Q4_0, ggml_id: 2, name: "q4_0", block_size: q4_0::QK, type_size: q4_0::BLOCK_BYTES,
-        to_f32: q4_0::to_f32, from_f32: Some(q4_0::from_f32), dot_f32: q4_0::dot_f32, vec_dot_type: DType::Q8_1, levels: Some(AffineLevels { max_level: 15, unpack: q4_0::unpack_levels }),
+        to_f32: q4_0::to_f32, from_f32: Some(q4_0::from_f32), dot_f32: q4_0::dot_f32, vec_dot_type: DType::Q8_1, levels: Some(AffineLevels { range: LevelRange::Unsigned(15), unpack: q4_0::unpack_levels }),
     },
     TypeTraits {
         dtype: DType::Q4_1, ggml_id: 3, name: "q4_1", block_size: q4_1::QK, type_size: q4_1::BLOCK_BYTES,
-        to_f32: q4_1::to_f32, from_f32: Some(q4_1::from_f32), dot_f32: q4_1::dot_f32, vec_dot_type: DType::Q8_1, levels: Some(AffineLevels { max_level: 15, unpack: q4_1::unpack_levels }),
+        to_f32: q4_1::to_f32, from_f32: Some(q4_1::from_f32), dot_f32: q4_1::dot_f32, vec_dot_type: DType::Q8_1, levels: Some(AffineLevels { range: LevelRange::Unsigned(15), unpack: q4_1::unpack_levels }),
     },
     TypeTraits {
         dtype: DType::Q5_0, ggml_id: 6, name: "q5_0", block_size: q5_0::QK, type_size: q5_0::BLOCK_BYTES,
-        to_f32: q5_0::to_f32, from_f32: Some(q5_0::from_f32), dot_f32: q5_0::dot_f32, vec_dot_type: DType::Q8_1, levels: Some(AffineLevels { max_level: 31, unpack: q5_0::unpack_levels }),
+        to_f32: q5_0::to_f32, from_f32: Some(q5_0::from_f32), dot_f32: q5_0::dot_f32, vec_dot_type: DType::Q8_1, levels: Some(AffineLevels { range: LevelRange::Unsigned(31), unpack: q5_0::unpack_levels }),
     },
     TypeTraits {
         dtype: DType::Q5_1, ggml_id: 7, name: "q5_1", block_size: q5_1::QK, type_size: q5_1::BLOCK_BYTES,
-        to_f32: q5_1::to_f32, from_f32: Some(q5_1::from_f32), dot_f32: q5_1::dot_f32, vec_dot_type: DType::Q8_1, levels: Some(AffineLevels { max_level: 31, unpack: q5_1::unpack_levels }),
+        to_f32: q5_1::to_f32, from_f32: Some(q5_1::from_f32), dot_f32: q5_1::dot_f32, vec_dot_type: DType::Q8_1, levels: Some(AffineLevels { range: LevelRange::Unsigned(31), unpack: q5_1::unpack_levels }),
     },
     TypeTraits {
         dtype: DType::Q8_0, ggml_id: 8, name: "q8_0", block_size: q8_0::QK, type_size: q8_0::BLOCK_BYTES,
-        to_f32: q8_0::to_f32, from_f32: Some(q8_0::from_f32), dot_f32: q8_0::dot_f32, vec_dot_type: DType::Q8_0, levels: None,
+        to_f32: q8_0::to_f32, from_f32: Some(q8_0::from_f32), dot_f32: q8_0::dot_f32, vec_dot_type: DType::Q8_0, levels: Some(AffineLevels { range: LevelRange::Signed, unpack: q8_0::unpack_levels }),
     },
     TypeTraits {
         dtype: DType::Q8_1, ggml_id: 9, name: "q8_1", block_size: q8_1::QK, type_size: q8_1::BLOCK_BYTES,
@@ -116,11 +124,11 @@ const ROWS: [TypeTraits; DType::ALL.len()] = [
     },
     TypeTraits {
         dtype: DType::Q4_K, ggml_id: 12, name: "q4_K", block_size: k_quants::QK_K, type_size: k_quants::q4_k::BLOCK_BYTES,
-        to_f32: k_quants::q4_k::to_f32, from_f32: Some(k_quants::q4_k::from_f32), dot_f32: k_quants::q4_k::dot_f32, vec_dot_type: DType::Q8_K, levels: Some(AffineLevels { max_level: 15, unpack: k_quants::q4_k::unpack_levels }),
+        to_f32: k_quants::q4_k::to_f32, from_f32: Some(k_quants::q4_k::from_f32), dot_f32: k_quants::q4_k::dot_f32, vec_dot_type: DType::Q8_K, levels: Some(AffineLevels { range: LevelRange::Unsigned(15), unpack: k_quants::q4_k::unpack_levels }),
     },
     TypeTraits {
         dtype: DType::Q5_K, ggml_id: 13, name: "q5_K", block_size: k_quants::QK_K, type_size: k_quants::q5_k::BLOCK_BYTES,
-        to_f32: k_quants::q5_k::to_f32, from_f32: Some(k_quants::q5_k::from_f32), dot_f32: k_quants::q5_k::dot_f32, vec_dot_type: DType::Q8_K, levels: Some(AffineLevels { max_level: 31, unpack: k_quants::q5_k::unpack_levels }),
+        to_f32: k_quants::q5_k::to_f32, from_f32: Some(k_quants::q5_k::from_f32), dot_f32: k_quants::q5_k::dot_f32, vec_dot_type: DType::Q8_K, levels: Some(AffineLevels { range: LevelRange::Unsigned(31), unpack: k_quants::q5_k::unpack_levels }),
     },
     TypeTraits {
         dtype: DType::Q6_K, ggml_id: 14, name: "q6_K", block_size: k_quants::QK_K, type_size: k_quants::q6_k::BLOCK_BYTES,

@@ -185,9 +185,11 @@ struct TokenLevels {
 }
 
 impl TokenLevels {
+    /// Laid out as [`Tokens`] describes, n_tokens rounded up to MR8 with zero tokens.
     fn quantize(pool: &ThreadPool, x: &[f32], n_tokens: usize, k: usize) -> TokenLevels {
         let nb = k / 32;
-        let mut t = TokenLevels { levels: vec![0; n_tokens * k], scales: vec![0.0; n_tokens * nb], sums: vec![0.0; n_tokens * nb] };
+        let padded = n_tokens.div_ceil(MR8) * MR8;
+        let mut t = TokenLevels { levels: vec![0; padded * k], scales: vec![0.0; padded * nb], sums: vec![0.0; padded * nb] };
         let quantize = simd::quantize_activations(DType::Q8_1);
         let (levels, scales, sums) = (SharedMut(t.levels.as_mut_ptr()), SharedMut(t.scales.as_mut_ptr()), SharedMut(t.sums.as_mut_ptr()));
         pool.for_ranges(n_tokens, 4, |range| {
@@ -199,12 +201,15 @@ impl TokenLevels {
                     // multiply it by their offset, and f16 would cost 11 bits there.
                     let d = crate::quants::f16_at(block, 0);
                     let level_sum: i32 = block[4..].iter().map(|&q| q as i8 as i32).sum();
-                    // SAFETY: token rows belong to this range alone; indices stay inside the
-                    // n_tokens × k (levels) and n_tokens × nb (scales, sums) buffers.
+                    let at = Tokens::block_at(k, token, b);
+                    // SAFETY: a token's levels, scales and sums belong to this range alone;
+                    // `level_at` and `block_at` stay inside the padded buffers.
                     unsafe {
-                        *scales.at(token * nb + b) = d;
-                        *sums.at(token * nb + b) = d * level_sum as f32;
-                        std::ptr::copy_nonoverlapping(block[4..].as_ptr(), levels.at(token * k + b * 32).cast::<u8>(), 32);
+                        *scales.at(at) = d;
+                        *sums.at(at) = d * level_sum as f32;
+                        for g in 0..8 {
+                            std::ptr::copy_nonoverlapping(block[4 + 4 * g..].as_ptr(), levels.at(Tokens::level_at(k, token, b * 32 + 4 * g)).cast::<u8>(), 4);
+                        }
                     }
                 }
             }
@@ -275,11 +280,11 @@ fn panel_times_tokens_8bit(tokens: &Tokens, n_tokens: usize, w: Matrix, row_byte
             if cols.len() == NR8 {
                 // SAFETY: the tile covers tokens t0..t0 + mr and this panel's NR8 columns,
                 // inside the n_tokens × rows output, and no other thread writes this panel.
-                unsafe { tile_i8(mr, tokens, t0, k0 / 32, n_blocks, panel_levels, scales, offsets, levels.max_level, out.at(t0 * w.rows + cols.start), w.rows, k0 > 0) };
+                unsafe { tile_i8(mr, tokens, t0, k0 / 32, n_blocks, panel_levels, scales, offsets, levels.range, out.at(t0 * w.rows + cols.start), w.rows, k0 > 0) };
             } else {
                 let mut acc = [0f32; MR8 * NR8];
                 // SAFETY: acc holds MR8 rows of NR8.
-                unsafe { tile_i8(mr, tokens, t0, k0 / 32, n_blocks, panel_levels, scales, offsets, levels.max_level, acc.as_mut_ptr(), NR8, false) };
+                unsafe { tile_i8(mr, tokens, t0, k0 / 32, n_blocks, panel_levels, scales, offsets, levels.range, acc.as_mut_ptr(), NR8, false) };
                 store_partial_tile(&acc, NR8, mr, t0, cols.clone(), w.rows, k0 > 0, out);
             }
         }

@@ -26,4 +26,11 @@ pub fn quantize_block(x: &[f32; QK], out: &mut [u8; BLOCK_BYTES]) {
     }
 }
 
+/// The block as signed levels (the i8 bytes as they are) with scale d and offset 0 (see
+/// `DType::levels`).
+pub fn unpack_levels(block: &[u8], levels: &mut [u8], scales: &mut [f32], offsets: &mut [f32]) {
+    levels[..QK].copy_from_slice(&block[2..BLOCK_BYTES]);
+    (scales[0], offsets[0]) = (f16_at(block, 0), 0.0);
+}
+
 row_functions!();
