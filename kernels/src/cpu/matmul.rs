@@ -299,10 +299,20 @@ pub fn matvec_quantized(pool: &ThreadPool, xq: &[u8], kernel: VecDot, w: Matrix,
     assert_eq!(Some(xq.len()), kernel.act_type.row_bytes(w.k), "activations quantized for another length");
     assert_eq!(out.len(), w.rows);
     let out = SharedMut(out.as_mut_ptr());
+    let bias_of = |j: usize| bias.map_or(0.0, |b| b[j]);
     pool.for_ranges(w.rows, grain(pool, w.rows), |rows| {
-        for j in rows {
+        let mut j = rows.start;
+        if let Some(pair) = kernel.pair {
+            while j + 2 <= rows.end {
+                let [a, b] = pair(w.row(j, row_bytes), w.row(j + 1, row_bytes), xq);
+                // SAFETY: as in `matmul`.
+                unsafe { (*out.at(j), *out.at(j + 1)) = (a + bias_of(j), b + bias_of(j + 1)) };
+                j += 2;
+            }
+        }
+        for j in j..rows.end {
             // SAFETY: as in `matmul`.
-            unsafe { *out.at(j) = (kernel.dot)(w.row(j, row_bytes), xq) + bias.map_or(0.0, |b| b[j]) };
+            unsafe { *out.at(j) = (kernel.dot)(w.row(j, row_bytes), xq) + bias_of(j) };
         }
     });
 }

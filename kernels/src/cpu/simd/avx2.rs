@@ -164,6 +164,76 @@ unsafe fn against_q8_1(row: &[u8], act: &[u8], block_bytes: usize, offset: Optio
     hsum(_mm256_add_ps(acc[0], acc[1])) + offset.unwrap_or(1.0) * _mm_cvtss_f32(_mm_shuffle_ps(constants, constants, 1))
 }
 
+/// [`against_q8_1`] for two rows at once: each activation block is loaded and its scales
+/// widened once for both, and both rows' scales share one conversion and one multiply.
+#[inline(always)]
+unsafe fn against_q8_1_pair(rows: [&[u8]; 2], act: &[u8], block_bytes: usize, offset: Option<f32>, levels: impl Fn(*const u8) -> __m256i) -> [f32; 2] {
+    let n = blocks(rows[0], block_bytes, act, q8_1::BLOCK_BYTES);
+    assert_eq!(rows[1].len(), rows[0].len(), "vec_dot pair: rows of different lengths");
+    let mut acc = [_mm256_setzero_ps(); 2];
+    let mut constants = _mm_setzero_ps();
+    for i in 0..n {
+        let (w0, w1, a) = (rows[0].as_ptr().add(i * block_bytes), rows[1].as_ptr().add(i * block_bytes), act.as_ptr().add(i * q8_1::BLOCK_BYTES));
+        prefetch_ahead(w0, block_bytes);
+        prefetch_ahead(w1, block_bytes);
+        let act_scales = f16_pair_at(a); // [da, s, 0, 0]
+        let act_scales = _mm_unpacklo_ps(act_scales, act_scales); // [da, da, s, s]
+        let weight_scales = match offset {
+            // [d0, d1, d0, d1]
+            Some(_) => f16_quad(u16::from_le_bytes([*w0, *w0.add(1)]) as u64 * 0x0001_0000_0001 | (u16::from_le_bytes([*w1, *w1.add(1)]) as u64 * 0x0001_0000_0001) << 16),
+            // [d0, m0, d1, m1] → [d0, d1, m0, m1]
+            None => {
+                let dm = f16_quad(u32::from_le_bytes([*w0, *w0.add(1), *w0.add(2), *w0.add(3)]) as u64 | (u32::from_le_bytes([*w1, *w1.add(1), *w1.add(2), *w1.add(3)]) as u64) << 32);
+                _mm_shuffle_ps::<0b11_01_10_00>(dm, dm)
+            }
+        };
+        let products = _mm_mul_ps(weight_scales, act_scales); // [d0·da, d1·da, c0·s, c1·s]
+        constants = _mm_add_ps(constants, products);
+        let products = _mm256_castps128_ps256(products);
+        let d = [_mm256_broadcastss_ps(_mm256_castps256_ps128(products)), _mm256_permutevar8x32_ps(products, _mm256_set1_epi32(1))];
+        let x = load(a.add(4));
+        for (r, w) in [w0, w1].into_iter().enumerate() {
+            acc[r] = _mm256_fmadd_ps(d[r], _mm256_cvtepi32_ps(dot_u8_i8(levels(w), x)), acc[r]);
+        }
+    }
+    let scale = offset.unwrap_or(1.0);
+    [hsum(acc[0]) + scale * _mm_cvtss_f32(_mm_movehl_ps(constants, constants)), hsum(acc[1]) + scale * _mm_cvtss_f32(_mm_shuffle_ps::<3>(constants, constants))]
+}
+
+/// Four f16 in a u64 → four f32 (see [`f16_pair`] for why this is asm).
+#[inline(always)]
+unsafe fn f16_quad(bits: u64) -> __m128 {
+    let out: __m128;
+    std::arch::asm!(
+        "vmovq {x}, {bits}",
+        "vcvtph2ps {x}, {x}",
+        bits = in(reg) bits,
+        x = out(xmm_reg) out,
+        options(pure, nomem, nostack, preserves_flags),
+    );
+    out
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q4_0_q8_1_pair(row0: &[u8], row1: &[u8], act: &[u8]) -> [f32; 2] {
+    against_q8_1_pair([row0, row1], act, q4_0::BLOCK_BYTES, Some(-8.0), |w| nibbles(w.add(2)))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q4_1_q8_1_pair(row0: &[u8], row1: &[u8], act: &[u8]) -> [f32; 2] {
+    against_q8_1_pair([row0, row1], act, q4_1::BLOCK_BYTES, None, |w| nibbles(w.add(4)))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q5_0_q8_1_pair(row0: &[u8], row1: &[u8], act: &[u8]) -> [f32; 2] {
+    against_q8_1_pair([row0, row1], act, q5_0::BLOCK_BYTES, Some(-16.0), |w| five_bit_levels(w.add(2), w.add(6)))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q5_1_q8_1_pair(row0: &[u8], row1: &[u8], act: &[u8]) -> [f32; 2] {
+    against_q8_1_pair([row0, row1], act, q5_1::BLOCK_BYTES, None, |w| five_bit_levels(w.add(4), w.add(8)))
+}
+
 /// Nibbles at `qs` with the fifth bits of the little-endian u32 at `qh` on top.
 #[inline(always)]
 unsafe fn five_bit_levels(qh: *const u8, qs: *const u8) -> __m256i {

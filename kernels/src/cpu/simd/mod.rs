@@ -53,6 +53,21 @@ fn detect() -> Isa {
 pub struct VecDot {
     pub act_type: DType,
     pub dot: fn(row: &[u8], act: &[u8]) -> f32,
+    /// Two rows against the same activations, where sharing them pays: the activation
+    /// block and its scales are loaded once for both rows.
+    pub pair: Option<fn(row0: &[u8], row1: &[u8], act: &[u8]) -> [f32; 2]>,
+}
+
+/// Wraps a `target_feature` kernel of three arguments (two rows and the activations), as
+/// [`checked`] does two.
+macro_rules! checked_pair {
+    ($kernel:path) => {{
+        fn call(row0: &[u8], row1: &[u8], act: &[u8]) -> [f32; 2] {
+            // SAFETY: handed out only when `isa()` detected this kernel's target features.
+            unsafe { $kernel(row0, row1, act) }
+        }
+        Some(call as fn(&[u8], &[u8], &[u8]) -> [f32; 2])
+    }};
 }
 
 /// Wraps a `target_feature` kernel of two arguments in a safe fn pointer of the given type.
@@ -100,7 +115,18 @@ pub fn vec_dot_for(isa: Isa, dtype: DType) -> Option<VecDot> {
         #[allow(unreachable_patterns)]
         _ => return None,
     };
-    Some(VecDot { act_type: dtype.traits().vec_dot_type, dot })
+    let pair = match (isa, dtype) {
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, DType::Q4_0) => checked_pair!(avx2::q4_0_q8_1_pair),
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, DType::Q4_1) => checked_pair!(avx2::q4_1_q8_1_pair),
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, DType::Q5_0) => checked_pair!(avx2::q5_0_q8_1_pair),
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, DType::Q5_1) => checked_pair!(avx2::q5_1_q8_1_pair),
+        _ => None,
+    };
+    Some(VecDot { act_type: dtype.traits().vec_dot_type, dot, pair })
 }
 
 /// The fastest quantizer of activations to `act_type` (an 8-bit `vec_dot_type`). The vector
@@ -243,7 +269,7 @@ mod tests {
     #[test]
     fn vec_dot_variants_match_the_reference() {
         let mut seed = 0x1234_5678_9abc_def0u64;
-        let mut checked = 0;
+        let (mut checked, mut paired) = (0, 0);
         for &dtype in DType::ALL {
             let Some(kernel) = vec_dot(dtype) else { continue };
             for (n, scale) in [(256, 1.0), (512, 3.0), (2048, 0.01), (256 * 7, 100.0)] {
@@ -255,15 +281,30 @@ mod tests {
                 let row = quantize(dtype, &w);
                 let act = quantize(kernel.act_type, &x);
                 let expected = vec_dot_reference(dtype, &row, kernel.act_type, &act);
-                let tolerance = tolerance(dtype, &row, kernel.act_type, &act);
+                let row_tolerance = tolerance(dtype, &row, kernel.act_type, &act);
                 let got = (kernel.dot)(&row, &act) as f64;
-                assert!((got - expected).abs() <= tolerance, "{dtype} n={n}: {got} vs {expected}");
+                assert!((got - expected).abs() <= row_tolerance, "{dtype} n={n}: {got} vs {expected}");
                 checked += 1;
+                if let Some(pair) = kernel.pair {
+                    // The row as either of the pair, next to a row of other weights.
+                    let other = quantize(dtype, &random(n, &mut seed, scale));
+                    let other_expected = vec_dot_reference(dtype, &other, kernel.act_type, &act);
+                    let other_tolerance = tolerance(dtype, &other, kernel.act_type, &act);
+                    for (first, second) in [(&row, &other), (&other, &row)] {
+                        let got = pair(first, second, &act).map(|v| v as f64);
+                        for (got, is_row) in [(got[0], first == &row), (got[1], second == &row)] {
+                            let (want, tol) = if is_row { (expected, row_tolerance) } else { (other_expected, other_tolerance) };
+                            assert!((got - want).abs() <= tol, "{dtype} n={n}: pair gives {got} vs {want}");
+                        }
+                    }
+                    paired += 1;
+                }
             }
         }
         // AVX2 has a variant for every block weight type (10 types × 4 shapes).
         if isa() == Isa::Avx2 {
             assert_eq!(checked, 40, "vec_dot variants checked on an AVX2 machine");
+            assert_eq!(paired, 16, "pair kernels (Q4_0, Q4_1, Q5_0, Q5_1) checked on an AVX2 machine");
         }
     }
 
