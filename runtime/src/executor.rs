@@ -27,7 +27,6 @@ pub struct Executor<'m> {
     max_batch: usize,
     pub kv: KvCache,
     pool: ThreadPool,
-    rope_scratch: Vec<(f32, f32)>,
     /// One token's activations quantized for the integer matvec (see [`Executor::set_exact`]),
     /// sized for the widest matmul input.
     quantized: Vec<u8>,
@@ -79,7 +78,6 @@ impl<'m> Executor<'m> {
             graph,
             max_batch,
             pool,
-            rope_scratch: Vec::new(),
             quantized: vec![0u8; quantized_bytes],
             quantized_from: None,
             exact: false,
@@ -176,9 +174,11 @@ impl<'m> Executor<'m> {
             }
             Op::RmsNorm { x, weight, eps, out } => {
                 self.rows[out.0] = self.rows[x.0];
+                let width = self.graph.act_widths[x.0];
                 let (rx, ro) = (self.act_range(x), self.act_range(out));
                 let (src, dst) = split_disjoint(&mut self.arena, rx, ro);
-                cpu::rms_norm(src, vector(&self.weights, weight), eps, dst);
+                let weight = vector(&self.weights, weight);
+                self.pool.for_row_chunks(dst, width, |t0, rows| cpu::rms_norm(&src[t0 * width..][..rows.len()], weight, eps, rows));
             }
             Op::MatMul { x, weight, bias, out } => {
                 let n = self.rows[x.0];
@@ -219,10 +219,12 @@ impl<'m> Executor<'m> {
                 if self.quantized_from.is_some_and(|(a, _)| a == x) {
                     self.quantized_from = None; // rotated in place below
                 }
-                let scratch = &mut self.rope_scratch;
-                for (t, row) in self.arena[offset..offset + len].chunks_exact_mut(width).enumerate() {
-                    cpu::rope(row, pos0 + t, &params, scratch);
-                }
+                self.pool.for_row_chunks(&mut self.arena[offset..offset + len], width, |t0, rows| {
+                    let mut cos_sin = Vec::new();
+                    for (t, row) in rows.chunks_exact_mut(width).enumerate() {
+                        cpu::rope(row, pos0 + t0 + t, &params, &mut cos_sin);
+                    }
+                });
             }
             Op::StoreKv { layer, k, v } => {
                 let n = self.rows[k.0];
@@ -242,13 +244,11 @@ impl<'m> Executor<'m> {
             }
             Op::Add { a, b, out } => {
                 self.rows[out.0] = self.rows[a.0];
-                let (a, b, dst) = self.in2_out(a, b, out);
-                cpu::add(a, b, dst);
+                self.elementwise(a, b, out, cpu::add);
             }
             Op::SwiGlu { gate, up, out } => {
                 self.rows[out.0] = self.rows[gate.0];
-                let (g, u, dst) = self.in2_out(gate, up, out);
-                cpu::silu_mul(g, u, dst);
+                self.elementwise(gate, up, out, cpu::silu_mul);
             }
             Op::LastRow { x, out } => {
                 let n = self.rows[x.0];
@@ -259,6 +259,28 @@ impl<'m> Executor<'m> {
                 dst.copy_from_slice(&src[(n - kept) * width..]);
             }
         }
+    }
+
+    /// out = f(a, b) row by row across the pool, for ops whose output row t depends on row t
+    /// of the inputs alone.
+    fn elementwise(&mut self, a: ActId, b: ActId, out: ActId, f: fn(&[f32], &[f32], &mut [f32])) {
+        let width = self.graph.act_widths[out.0];
+        let (ra, rb, ro) = (self.act_range(a), self.act_range(b), self.act_range(out));
+        assert!(disjoint(&ra, &ro) && disjoint(&rb, &ro), "planner placed live activations on top of each other");
+        let base = self.arena.as_mut_ptr();
+        // SAFETY: `out` is disjoint from both inputs (asserted); the inputs may alias each
+        // other, which is fine for shared borrows. All ranges lie inside the arena.
+        let (a, b, dst) = unsafe {
+            (
+                std::slice::from_raw_parts(base.add(ra.start), ra.len()),
+                std::slice::from_raw_parts(base.add(rb.start), rb.len()),
+                std::slice::from_raw_parts_mut(base.add(ro.start), ro.len()),
+            )
+        };
+        self.pool.for_row_chunks(dst, width, |t0, rows| {
+            let at = t0 * width..t0 * width + rows.len();
+            f(&a[at.clone()], &b[at], rows)
+        });
     }
 
     fn act_range(&self, a: ActId) -> std::ops::Range<usize> {
@@ -274,21 +296,6 @@ impl<'m> Executor<'m> {
     fn in_out(&mut self, x: ActId, out: ActId) -> (&[f32], &mut [f32]) {
         let (rx, ro) = (self.act_range(x), self.act_range(out));
         split_disjoint(&mut self.arena, rx, ro)
-    }
-
-    fn in2_out(&mut self, a: ActId, b: ActId, out: ActId) -> (&[f32], &[f32], &mut [f32]) {
-        let (ra, rb, ro) = (self.act_range(a), self.act_range(b), self.act_range(out));
-        assert!(disjoint(&ra, &ro) && disjoint(&rb, &ro), "planner placed live activations on top of each other");
-        let base = self.arena.as_mut_ptr();
-        // SAFETY: `out` is disjoint from both inputs (asserted); the inputs may alias each
-        // other, which is fine for shared borrows. All ranges lie inside the arena.
-        unsafe {
-            (
-                std::slice::from_raw_parts(base.add(ra.start), ra.len()),
-                std::slice::from_raw_parts(base.add(rb.start), rb.len()),
-                std::slice::from_raw_parts_mut(base.add(ro.start), ro.len()),
-            )
-        }
     }
 }
 

@@ -127,6 +127,24 @@ impl ThreadPool {
     }
 }
 
+impl ThreadPool {
+    /// Calls `body(first_row, chunk)` on consecutive chunks of the rows of `out` (`width`
+    /// values each) across the pool: row-wise ops over a batch (norms, rotations,
+    /// element-wise products), which would otherwise leave the other threads idle. Fewer
+    /// than `2 · threads` rows run on the calling thread alone: a dispatch would cost more.
+    pub fn for_row_chunks(&self, out: &mut [f32], width: usize, body: impl Fn(usize, &mut [f32]) + Sync) {
+        assert!(width > 0 && out.len() % width == 0, "{} values are not rows of {width}", out.len());
+        let n = out.len() / width;
+        let grain = n.div_ceil(4 * self.n_threads()).max(2);
+        let base = SharedMut(out.as_mut_ptr());
+        self.for_ranges(n, grain, |rows| {
+            // SAFETY: the ranges are disjoint and inside `out`, which stays borrowed meanwhile.
+            let chunk = unsafe { std::slice::from_raw_parts_mut(base.at(rows.start * width), rows.len() * width) };
+            body(rows.start, chunk);
+        });
+    }
+}
+
 impl Drop for ThreadPool {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
