@@ -62,11 +62,13 @@ unsafe fn load(p: *const u8) -> __m256i {
 
 /// 16 bytes of packed nibbles → 32 bytes: low nibbles first, then high nibbles (the order of
 /// the weights in the 32-blocks: byte j holds weights j and j + 16).
+/// The 16 bytes go to both halves in the load itself; one variable shift then moves the
+/// upper half's high nibbles down (two vector operations where a shift and an insert took three).
 #[inline(always)]
 unsafe fn nibbles(p: *const u8) -> __m256i {
-    let packed = _mm_loadu_si128(p as *const __m128i);
-    let both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
-    _mm256_and_si256(both, _mm256_set1_epi8(0x0f))
+    let both = _mm256_broadcastsi128_si256(_mm_loadu_si128(p as *const __m128i));
+    let high_down = _mm256_srlv_epi32(both, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
+    _mm256_and_si256(high_down, _mm256_set1_epi8(0x0f))
 }
 
 /// Byte j = 0xFF where bit j of the little-endian u32 at `p` is set, else 0.
