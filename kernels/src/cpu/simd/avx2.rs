@@ -26,15 +26,21 @@ unsafe fn f16_pair_at(p: *const u8) -> __m128 {
     f16_pair(u32::from_le_bytes([*p, *p.add(1), *p.add(2), *p.add(3)]))
 }
 
-/// Two f16 in a u32 → [low, high, 0, 0]. In asm because the compiler, seeing that only the
-/// low lanes of `vcvtph2ps` matter, turns any zero-extending move into `vpinsrw` on a
+/// Two f16 in a u32 → [low, high, 0, 0].
+#[inline(always)]
+unsafe fn f16_pair(bits: u32) -> __m128 {
+    f16_quad(bits as u64)
+}
+
+/// Four f16 in a u64 → four f32, lowest first. In asm because the compiler, seeing that only
+/// the low lanes of `vcvtph2ps` matter, turns any zero-extending move into `vpinsrw` on a
 /// register of its choosing, which merges with that register's old value: it picked the
 /// loop's accumulator, chaining every block to the previous one's sum (3x slower loops).
 #[inline(always)]
-unsafe fn f16_pair(bits: u32) -> __m128 {
+unsafe fn f16_quad(bits: u64) -> __m128 {
     let out: __m128;
     std::arch::asm!(
-        "vmovd {x}, {bits:e}",
+        "vmovq {x}, {bits}",
         "vcvtph2ps {x}, {x}",
         bits = in(reg) bits,
         x = out(xmm_reg) out,
@@ -200,20 +206,6 @@ unsafe fn against_q8_1_pair(rows: [&[u8]; 2], act: &[u8], block_bytes: usize, of
     }
     let scale = offset.unwrap_or(1.0);
     [hsum(acc[0]) + scale * _mm_cvtss_f32(_mm_movehl_ps(constants, constants)), hsum(acc[1]) + scale * _mm_cvtss_f32(_mm_shuffle_ps::<3>(constants, constants))]
-}
-
-/// Four f16 in a u64 → four f32 (see [`f16_pair`] for why this is asm).
-#[inline(always)]
-unsafe fn f16_quad(bits: u64) -> __m128 {
-    let out: __m128;
-    std::arch::asm!(
-        "vmovq {x}, {bits}",
-        "vcvtph2ps {x}, {x}",
-        bits = in(reg) bits,
-        x = out(xmm_reg) out,
-        options(pure, nomem, nostack, preserves_flags),
-    );
-    out
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
