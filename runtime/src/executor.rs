@@ -220,9 +220,8 @@ impl<'m> Executor<'m> {
                     self.quantized_from = None; // rotated in place below
                 }
                 self.pool.for_row_chunks(&mut self.arena[offset..offset + len], width, |t0, rows| {
-                    let mut cos_sin = Vec::new();
                     for (t, row) in rows.chunks_exact_mut(width).enumerate() {
-                        cpu::rope(row, pos0 + t0 + t, &params, &mut cos_sin);
+                        cpu::rope(row, pos0 + t0 + t, &params);
                     }
                 });
             }

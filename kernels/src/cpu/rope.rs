@@ -1,5 +1,12 @@
 //! Rotary position embedding.
 
+use std::cell::RefCell;
+
+thread_local! {
+    /// One token's (cos θ_i, sin θ_i), per thread: sized once, so decode steps allocate nothing.
+    static COS_SIN: RefCell<Vec<(f32, f32)>> = const { RefCell::new(Vec::new()) };
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RopeStyle {
     /// Pairs (x[2i], x[2i+1]).
@@ -22,27 +29,30 @@ pub struct RopeParams<'a> {
 /// Rotates every head of one token's row `x` (a multiple of head_dim wide) by position
 /// `pos`: pair i turns by θ_i = pos · freq_scale · base^(−2i/n_rot) / factor_i.
 /// Angles are computed in f64: at position 10⁵ an f32 angle is already off by 10⁻².
-pub fn rope(x: &mut [f32], pos: usize, p: &RopeParams, cos_sin: &mut Vec<(f32, f32)>) {
+pub fn rope(x: &mut [f32], pos: usize, p: &RopeParams) {
     let half = p.n_rot / 2;
     assert!(p.n_rot <= p.head_dim && x.len() % p.head_dim == 0);
-    cos_sin.clear();
-    for i in 0..half {
-        let inv_freq = (p.freq_base as f64).powf(-2.0 * i as f64 / p.n_rot as f64);
-        let factor = p.freq_factors.map_or(1.0, |f| f[i] as f64);
-        let theta = pos as f64 * p.freq_scale as f64 * inv_freq / factor;
-        cos_sin.push((theta.cos() as f32, theta.sin() as f32));
-    }
-    for head in x.chunks_exact_mut(p.head_dim) {
-        for (i, &(c, s)) in cos_sin.iter().enumerate() {
-            let (a, b) = match p.style {
-                RopeStyle::Interleaved => (2 * i, 2 * i + 1),
-                RopeStyle::Halves => (i, i + half),
-            };
-            let (x0, x1) = (head[a], head[b]);
-            head[a] = x0 * c - x1 * s;
-            head[b] = x0 * s + x1 * c;
+    COS_SIN.with(|cos_sin| {
+        let mut cos_sin = cos_sin.borrow_mut();
+        cos_sin.clear();
+        for i in 0..half {
+            let inv_freq = (p.freq_base as f64).powf(-2.0 * i as f64 / p.n_rot as f64);
+            let factor = p.freq_factors.map_or(1.0, |f| f[i] as f64);
+            let theta = pos as f64 * p.freq_scale as f64 * inv_freq / factor;
+            cos_sin.push((theta.cos() as f32, theta.sin() as f32));
         }
-    }
+        for head in x.chunks_exact_mut(p.head_dim) {
+            for (i, &(c, s)) in cos_sin.iter().enumerate() {
+                let (a, b) = match p.style {
+                    RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                    RopeStyle::Halves => (i, i + half),
+                };
+                let (x0, x1) = (head[a], head[b]);
+                head[a] = x0 * c - x1 * s;
+                head[b] = x0 * s + x1 * c;
+            }
+        }
+    });
 }
 
 #[cfg(test)]
@@ -53,11 +63,10 @@ mod tests {
     fn rotation_preserves_pair_norms_and_position_zero_is_identity() {
         let p = RopeParams { style: RopeStyle::Halves, head_dim: 4, n_rot: 4, freq_base: 10000.0, freq_scale: 1.0, freq_factors: None };
         let orig = [1.0f32, 2.0, 3.0, 4.0];
-        let mut scratch = Vec::new();
         let mut x = orig;
-        rope(&mut x, 0, &p, &mut scratch);
+        rope(&mut x, 0, &p);
         assert_eq!(x, orig);
-        rope(&mut x, 7, &p, &mut scratch);
+        rope(&mut x, 7, &p);
         // pair (0,2) turned by 7 rad
         let (c, s) = (7f64.cos() as f32, 7f64.sin() as f32);
         assert!((x[0] - (1.0 * c - 3.0 * s)).abs() < 1e-6);
