@@ -60,6 +60,7 @@ pub struct VecDot {
 
 /// Wraps a `target_feature` kernel of three arguments (two rows and the activations), as
 /// [`checked`] does two.
+#[cfg(target_arch = "x86_64")]
 macro_rules! checked_pair {
     ($kernel:path) => {{
         fn call(row0: &[u8], row1: &[u8], act: &[u8]) -> [f32; 2] {
