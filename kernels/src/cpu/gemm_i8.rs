@@ -13,10 +13,10 @@
 //! hold row r's 4 levels at 4r.. (so one load feeds 8 rows, and a token's 4 values are one
 //! broadcast u32); scales and offsets are 8 f32 per block.
 
+use crate::dtype::LevelRange;
+
 /// Weight rows per panel: the 8 i32 lanes of one register.
 pub const NR8: usize = 8;
-
-use crate::dtype::LevelRange;
 /// Tokens per tile.
 pub const MR8: usize = 4;
 
@@ -47,8 +47,7 @@ impl Tokens<'_> {
 }
 
 /// out[t·ldo + r] (+)= Σ over `n_blocks` blocks from block `b0` of token t0 + t (t0 a multiple
-/// of MR8) and row r of
-/// the panel, for t < mr ≤ MR8, r < NR8. `range` is what the weight levels are: unsigned up
+/// of MR8) and row r of the panel, for t < mr ≤ MR8, r < NR8. `range` is what the weight levels are: unsigned up
 /// to 15 or 31 (which decides how many groups the i16 sums can take before they could
 /// overflow), or signed bytes.
 ///
@@ -127,7 +126,8 @@ mod avx2 {
         let mut acc = [_mm256_setzero_ps(); M];
         // This block of tokens: group j's MR8 × 4 levels at 16·j, block b's scales at MR8·b.
         let token_levels = tokens.levels.as_ptr().add(Tokens::level_at(tokens.k, t0, 0));
-        let (token_scales, token_sums) = (tokens.scales.as_ptr().add(Tokens::block_at(tokens.k, t0, 0)), tokens.sums.as_ptr().add(Tokens::block_at(tokens.k, t0, 0)));
+        let first_block = Tokens::block_at(tokens.k, t0, 0);
+        let (token_scales, token_sums) = (tokens.scales.as_ptr().add(first_block), tokens.sums.as_ptr().add(first_block));
         for b in 0..n_blocks {
             let block = b0 + b;
             let mut wide = [_mm256_setzero_si256(); M];

@@ -125,13 +125,11 @@ impl ThreadPool {
             body(start..(start + grain).min(n));
         });
     }
-}
 
-impl ThreadPool {
     /// Calls `body(first_row, chunk)` on consecutive chunks of the rows of `out` (`width`
     /// values each) across the pool: row-wise ops over a batch (norms, rotations,
-    /// element-wise products), which would otherwise leave the other threads idle. Fewer
-    /// than `2 · threads` rows run on the calling thread alone: a dispatch would cost more.
+    /// element-wise products), which would otherwise leave the other threads idle. One or two
+    /// rows (a decode step) run on the calling thread alone: a dispatch would cost more.
     pub fn for_row_chunks(&self, out: &mut [f32], width: usize, body: impl Fn(usize, &mut [f32]) + Sync) {
         assert!(width > 0 && out.len() % width == 0, "{} values are not rows of {width}", out.len());
         let n = out.len() / width;

@@ -138,42 +138,11 @@ fn blocks(row: &[u8], row_block: usize, act: &[u8], act_block: usize) -> usize {
 /// (-8·d for Q4_0, -16·d for Q5_0, so their levels also go unsigned into `maddubs`). The
 /// constant's share, c·Σa, costs one multiply per block through Q8_1's s = d_a·Σq_a.
 /// `levels(w)` gives a block's 32 levels in weight order.
-#[inline(always)]
-unsafe fn against_q8_1(row: &[u8], act: &[u8], block_bytes: usize, offset: Option<f32>, levels: impl Fn(*const u8) -> __m256i) -> f32 {
-    let n = blocks(row, block_bytes, act, q8_1::BLOCK_BYTES);
-    // Two blocks per step into two accumulators: one chain of FMAs would wait out the
-    // FMA latency at every block (measured: 1.6x slower in L2).
-    let mut acc = [_mm256_setzero_ps(); 2];
-    let mut constants = [_mm_setzero_ps(); 2];
-    let block = |i: usize, acc: &mut __m256, constants: &mut __m128| {
-        let (w, a) = (row.as_ptr().add(i * block_bytes), act.as_ptr().add(i * q8_1::BLOCK_BYTES));
-        prefetch_ahead(w, block_bytes);
-        let weight_scales = match offset {
-            Some(_) => f16_pair(u16::from_le_bytes([*w, *w.add(1)]) as u32 * 0x0001_0001), // [d, d]
-            None => f16_pair_at(w),                                                          // [d, m]
-        };
-        let products = _mm_mul_ps(weight_scales, f16_pair_at(a)); // [d·da, (d or m)·s, 0, 0]
-        *constants = _mm_add_ps(*constants, products);
-        let d = _mm256_broadcastss_ps(products);
-        *acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_u8_i8(levels(w), load(a.add(4)))), *acc);
-    };
-    let mut i = 0;
-    while i + 2 <= n {
-        let [acc0, acc1] = &mut acc;
-        let [c0, c1] = &mut constants;
-        block(i, acc0, c0);
-        block(i + 1, acc1, c1);
-        i += 2;
-    }
-    if i < n {
-        block(i, &mut acc[0], &mut constants[0]);
-    }
-    let constants = _mm_add_ps(constants[0], constants[1]);
-    hsum(_mm256_add_ps(acc[0], acc[1])) + offset.unwrap_or(1.0) * _mm_cvtss_f32(_mm_shuffle_ps(constants, constants, 1))
-}
-
-/// [`against_q8_1`] for two rows at once: each activation block is loaded and its scales
-/// widened once for both, and both rows' scales share one conversion and one multiply.
+///
+/// Two rows at once: each activation block is loaded and its scales widened once for both,
+/// and both rows' scales share one conversion and one multiply. One row alone is the pair
+/// of that row with itself (in a matvec only the odd row of a range takes that path), so a
+/// row gets the same bits whichever way it is computed.
 #[inline(always)]
 unsafe fn against_q8_1_pair(rows: [&[u8]; 2], act: &[u8], block_bytes: usize, offset: Option<f32>, levels: impl Fn(*const u8) -> __m256i) -> [f32; 2] {
     let n = blocks(rows[0], block_bytes, act, q8_1::BLOCK_BYTES);
@@ -236,22 +205,22 @@ unsafe fn five_bit_levels(qh: *const u8, qs: *const u8) -> __m256i {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q4_0_q8_1(row: &[u8], act: &[u8]) -> f32 {
-    against_q8_1(row, act, q4_0::BLOCK_BYTES, Some(-8.0), |w| nibbles(w.add(2)))
+    q4_0_q8_1_pair(row, row, act)[0]
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q4_1_q8_1(row: &[u8], act: &[u8]) -> f32 {
-    against_q8_1(row, act, q4_1::BLOCK_BYTES, None, |w| nibbles(w.add(4)))
+    q4_1_q8_1_pair(row, row, act)[0]
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q5_0_q8_1(row: &[u8], act: &[u8]) -> f32 {
-    against_q8_1(row, act, q5_0::BLOCK_BYTES, Some(-16.0), |w| five_bit_levels(w.add(2), w.add(6)))
+    q5_0_q8_1_pair(row, row, act)[0]
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q5_1_q8_1(row: &[u8], act: &[u8]) -> f32 {
-    against_q8_1(row, act, q5_1::BLOCK_BYTES, None, |w| five_bit_levels(w.add(4), w.add(8)))
+    q5_1_q8_1_pair(row, row, act)[0]
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
