@@ -8,7 +8,7 @@
 //! Throughput is weight bytes per second, comparable with `retort bandwidth`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use retort::kernels::cpu::{self, simd, Matrix, ThreadPool};
+use retort::kernels::cpu::{self, simd, Layout, Matrix, ThreadPool};
 use retort::kernels::DType;
 
 fn weights(dtype: DType, k: usize, rows: usize) -> Vec<u8> {
@@ -19,6 +19,13 @@ fn weights(dtype: DType, k: usize, rows: usize) -> Vec<u8> {
         (dtype.traits().from_f32.unwrap())(src, dst);
     }
     w
+}
+
+/// `w` (row-major rows of k) interleaved as the loader repacks it.
+fn interleaved(dtype: DType, k: usize, w: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; w.len()];
+    cpu::interleave::interleave(dtype, dtype.row_bytes(k).unwrap(), w, &mut out);
+    out
 }
 
 fn weight_types() -> impl Iterator<Item = DType> {
@@ -36,9 +43,14 @@ fn matvec_q8(c: &mut Criterion) {
             let mut xq = vec![0u8; kernel.act_type.row_bytes(k).unwrap()];
             cpu::quantize_activations(&x, kernel.act_type, &mut xq);
             let mut out = vec![0f32; rows];
-            let matrix = Matrix { bytes: &w, dtype, k, rows };
+            let matrix = Matrix { bytes: &w, dtype, k, rows, layout: Layout::Rows };
             group.throughput(Throughput::Bytes(w.len() as u64));
             group.bench_function(dtype.name(), |b| b.iter(|| cpu::matvec_quantized(&pool, &xq, kernel, matrix, None, &mut out)));
+            if kernel.group.is_some() {
+                let interleaved = interleaved(dtype, k, &w);
+                let matrix = Matrix { bytes: &interleaved, layout: Layout::Interleaved8, ..matrix };
+                group.bench_function(format!("{}_interleaved", dtype.name()), |b| b.iter(|| cpu::matvec_quantized(&pool, &xq, kernel, matrix, None, &mut out)));
+            }
         }
         group.finish();
     }
@@ -50,7 +62,7 @@ fn matmul_exact(c: &mut Criterion) {
     let mut group = c.benchmark_group("matmul_exact_1536x1536");
     for dtype in weight_types() {
         let w = weights(dtype, k, rows);
-        let matrix = Matrix { bytes: &w, dtype, k, rows };
+        let matrix = Matrix { bytes: &w, dtype, k, rows, layout: Layout::Rows };
         for n_tokens in [1usize, 64] {
             let x = vec![0.5f32; n_tokens * k];
             let mut out = vec![0f32; n_tokens * rows];
@@ -69,7 +81,7 @@ fn matmul_8bit(c: &mut Criterion) {
     let mut group = c.benchmark_group("matmul_8bit_1536x1536");
     for dtype in weight_types().filter(|t| t.traits().levels.is_some()) {
         let w = weights(dtype, k, rows);
-        let matrix = Matrix { bytes: &w, dtype, k, rows };
+        let matrix = Matrix { bytes: &w, dtype, k, rows, layout: Layout::Rows };
         let x: Vec<f32> = (0..n_tokens * k).map(|i| (i as f32 * 0.37).sin()).collect();
         let mut out = vec![0f32; n_tokens * rows];
         group.throughput(Throughput::Bytes((w.len() * n_tokens) as u64));

@@ -1,7 +1,9 @@
 //! The one executor: runs a model's [`Graph`] for a batch of tokens at positions
 //! p..p+n on the CPU kernels. It knows ops, not architectures.
 
-use retort_kernels::cpu::{self, simd, AttentionShape, Matrix, RopeParams, ThreadPool};
+use std::borrow::Cow;
+
+use retort_kernels::cpu::{self, interleave, simd, AttentionShape, Layout, Matrix, RopeParams, ThreadPool};
 use retort_kernels::DType;
 use retort_models::gguf::GgufFile;
 use retort_models::graph::{ActId, Graph, Op, WeightId};
@@ -10,10 +12,12 @@ use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::plan::{plan, ArenaPlan};
 
-/// A weight as the kernels consume it: 2-D weights stay views into the map; 1-D ones
-/// (norm scales, biases, rope factors) are dequantized to f32 once at load.
+/// A weight as the kernels consume it: 2-D weights stay views into the map, or are
+/// interleaved at load where this CPU's decode kernel for their type reads 8 rows at once
+/// (`cpu::interleave`); 1-D ones (norm scales, biases, rope factors) are dequantized to f32
+/// once at load.
 enum WeightData<'m> {
-    Matrix { bytes: &'m [u8], dtype: DType, row_len: usize, rows: usize },
+    Matrix { bytes: Cow<'m, [u8]>, dtype: DType, row_len: usize, rows: usize, layout: Layout },
     Vector(Vec<f32>),
 }
 
@@ -42,10 +46,20 @@ impl<'m> Executor<'m> {
     /// `max_logit_rows`: 1 when only the last position's logits are wanted (generation),
     /// `max_batch` to allow logits at every position (eval, perplexity).
     pub fn new(file: &'m GgufFile, graph: Graph, n_ctx: usize, max_batch: usize, max_logit_rows: usize, threads: usize) -> Result<Executor<'m>> {
+        let pool = ThreadPool::new(threads).map_err(|e| Error::Usage(format!("cannot start {threads} threads: {e}")))?;
+        let embedding_tables: Vec<WeightId> = graph
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Embed { table, .. } => Some(*table),
+                _ => None,
+            })
+            .collect();
         let weights = graph
             .weights
             .iter()
-            .map(|w| {
+            .enumerate()
+            .map(|(id, w)| {
                 let info = file.tensor(&w.name).expect("graph weights come from this file");
                 let bytes = file.tensor_data(info)?;
                 let (row_len, rows) = w.matrix_shape();
@@ -53,14 +67,20 @@ impl<'m> Executor<'m> {
                     let mut v = vec![0f32; row_len];
                     (w.dtype.traits().to_f32)(bytes, &mut v);
                     WeightData::Vector(v)
+                } else if rows % interleave::GROUP == 0 && !embedding_tables.contains(&WeightId(id)) && simd::vec_dot(w.dtype).is_some_and(|kernel| kernel.group.is_some()) {
+                    let row_bytes = w.dtype.row_bytes(row_len).expect("checked at load");
+                    let interleaved = interleave::interleaved(&pool, w.dtype, row_bytes, bytes);
+                    // The map's copy is not read again: its pages go back, so the process
+                    // holds these weights once.
+                    file.release_tensor(info, 0, bytes.len());
+                    WeightData::Matrix { bytes: Cow::Owned(interleaved), dtype: w.dtype, row_len, rows, layout: Layout::Interleaved8 }
                 } else {
-                    WeightData::Matrix { bytes, dtype: w.dtype, row_len, rows }
+                    WeightData::Matrix { bytes: Cow::Borrowed(bytes), dtype: w.dtype, row_len, rows, layout: Layout::Rows }
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         let plan = plan(&graph, max_batch, max_logit_rows);
         log::debug!("scratch arena: {:.1} MiB for {} activations", plan.total as f64 * 4.0 / (1 << 20) as f64, plan.sizes.len());
-        let pool = ThreadPool::new(threads).map_err(|e| Error::Usage(format!("cannot start {threads} threads: {e}")))?;
         let quantized_bytes = weights
             .iter()
             .filter_map(|w| match w {
@@ -163,7 +183,7 @@ impl<'m> Executor<'m> {
         let op = self.graph.ops[i].clone();
         match op {
             Op::Embed { table, out } => {
-                let WeightData::Matrix { bytes, dtype, row_len, .. } = self.weights[table.0] else { unreachable!() };
+                let WeightData::Matrix { bytes: Cow::Borrowed(bytes), dtype, row_len, .. } = self.weights[table.0] else { unreachable!("embedding tables stay in the map") };
                 let row_bytes = dtype.row_bytes(row_len).expect("checked at load");
                 self.rows[out.0] = tokens.len();
                 let dst = self.act_mut(out);
@@ -183,11 +203,11 @@ impl<'m> Executor<'m> {
             Op::MatMul { x, weight, bias, out } => {
                 let n = self.rows[x.0];
                 self.rows[out.0] = n;
-                let WeightData::Matrix { bytes, dtype, row_len, rows } = self.weights[weight.0] else { unreachable!() };
+                let WeightData::Matrix { ref bytes, dtype, row_len, rows, layout } = self.weights[weight.0] else { unreachable!() };
                 let (rx, ro) = (self.act_range(x), self.act_range(out));
                 let (src, dst) = split_disjoint(&mut self.arena, rx, ro);
                 let bias = bias.map(|b| vector(&self.weights, b));
-                let w = Matrix { bytes, dtype, k: row_len, rows };
+                let w = Matrix { bytes, dtype, k: row_len, rows, layout };
                 match simd::vec_dot(dtype).filter(|_| n == 1 && !self.exact) {
                     Some(kernel) => {
                         let xq = &mut self.quantized[..kernel.act_type.row_bytes(row_len).expect("checked at load")];

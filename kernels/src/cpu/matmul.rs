@@ -15,6 +15,7 @@ use std::ops::Range;
 
 use super::gemm::{pack_tokens, tile, Tokens as TileTokens, MR, NR};
 use super::gemm_i8::{tile_i8, Tokens, MR8, NR8};
+use super::interleave::{self, GROUP};
 use super::pool::{SharedMut, ThreadPool};
 use super::simd::{self, VecDot};
 use crate::dtype::{AffineLevels, DType};
@@ -23,24 +24,81 @@ use crate::dtype::{AffineLevels, DType};
 /// of a row is whole blocks; the panel (16 KiB) stays in L1 while the tokens stream past.
 const KC: usize = 256;
 
-/// A weight matrix: `rows` rows of `k` values of `dtype`, row-major, as stored in GGUF.
+/// A weight matrix: `rows` rows of `k` values of `dtype`, as stored in GGUF (`Layout::Rows`)
+/// or repacked for decode (`Layout::Interleaved8`).
 #[derive(Clone, Copy)]
 pub struct Matrix<'a> {
     pub bytes: &'a [u8],
     pub dtype: DType,
     pub k: usize,
     pub rows: usize,
+    pub layout: Layout,
 }
+
+/// How a matrix's rows lie in memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// Row after row, as in the file.
+    Rows,
+    /// Groups of 8 rows interleaved block by block ([`super::interleave`]): for the types
+    /// whose `VecDot` has a group kernel, with a row count that is a multiple of 8.
+    Interleaved8,
+}
+
+/// Bytes of the longest block range read from an interleaved row at once (KC_8BIT values
+/// of the widest interleavable block, Q8_0's), gathered back into the file's layout.
+const GATHER_BYTES: usize = KC_8BIT / 32 * crate::quants::q8_0::BLOCK_BYTES;
 
 impl Matrix<'_> {
     fn row_bytes(&self) -> usize {
         let row_bytes = self.dtype.row_bytes(self.k).expect("row length is whole blocks of the dtype");
         assert_eq!(self.bytes.len(), row_bytes * self.rows, "{} weight bytes for {} rows of {}", self.bytes.len(), self.rows, self.k);
+        if self.layout == Layout::Interleaved8 {
+            assert!(self.rows % GROUP == 0 && interleave::header_bytes(self.dtype).is_some(), "{} rows of {} cannot be interleaved", self.rows, self.dtype);
+        }
         row_bytes
     }
 
+    /// Row j, whole (row-major matrices only).
     fn row(&self, j: usize, row_bytes: usize) -> &[u8] {
+        debug_assert_eq!(self.layout, Layout::Rows);
         &self.bytes[j * row_bytes..(j + 1) * row_bytes]
+    }
+
+    /// Blocks `blocks` of row j in the file's layout: a view of a row-major matrix, or
+    /// gathered into `buf` (at least GATHER_BYTES) from an interleaved one.
+    fn row_blocks<'b>(&'b self, j: usize, blocks: Range<usize>, row_bytes: usize, buf: &'b mut [u8]) -> &'b [u8] {
+        let type_size = self.dtype.type_size();
+        match self.layout {
+            Layout::Rows => &self.row(j, row_bytes)[blocks.start * type_size..blocks.end * type_size],
+            Layout::Interleaved8 => {
+                let out = &mut buf[..blocks.len() * type_size];
+                interleave::block_range_of_row(self.dtype, self.group(j / GROUP, row_bytes), j % GROUP, blocks, out);
+                out
+            }
+        }
+    }
+
+    /// The g-th group of GROUP interleaved rows.
+    fn group(&self, g: usize, row_bytes: usize) -> &[u8] {
+        &self.bytes[g * GROUP * row_bytes..(g + 1) * GROUP * row_bytes]
+    }
+
+    /// Row j · x, exact, in f32 (`dot`: the dtype's `dot_f32`); an interleaved row is
+    /// gathered and dotted a KC_8BIT slice at a time.
+    fn exact_row_dot(&self, dot: fn(&[u8], &[f32]) -> f32, j: usize, row_bytes: usize, x: &[f32], buf: &mut [u8]) -> f32 {
+        if self.layout == Layout::Rows {
+            return dot(self.row(j, row_bytes), x);
+        }
+        let n_blocks = self.k / 32;
+        (0..n_blocks)
+            .step_by(KC_BLOCKS_8BIT)
+            .map(|b0| {
+                let blocks = b0..(b0 + KC_BLOCKS_8BIT).min(n_blocks);
+                let values = blocks.start * 32..blocks.end * 32;
+                dot(self.row_blocks(j, blocks, row_bytes, buf), &x[values])
+            })
+            .sum()
     }
 }
 
@@ -53,9 +111,10 @@ pub fn matmul(pool: &ThreadPool, x: &[f32], n_tokens: usize, w: Matrix, bias: Op
     if n_tokens == 1 {
         let dot = simd::dot_f32(w.dtype);
         pool.for_ranges(w.rows, grain(pool, w.rows), |rows| {
+            let mut buf = [0u8; GATHER_BYTES];
             for j in rows {
                 // SAFETY: row j belongs to this range alone and j < w.rows = out.len().
-                unsafe { *out.at(j) = dot(w.row(j, row_bytes), x) + bias.map_or(0.0, |b| b[j]) };
+                unsafe { *out.at(j) = w.exact_row_dot(dot, j, row_bytes, x, &mut buf) + bias.map_or(0.0, |b| b[j]) };
             }
         });
         return;
@@ -94,13 +153,13 @@ fn panel_times_tokens(packed: &[f32], n_tokens: usize, w: Matrix, row_bytes: usi
     let to_f32 = simd::to_f32(w.dtype);
     let mut panel = [0f32; KC * NR];
     let mut row_values = [0f32; KC];
+    let mut buf = [0u8; GATHER_BYTES];
     for k0 in (0..k).step_by(KC) {
         let kc = KC.min(k - k0);
         // Interleave the rows' dequantized slices; rows past the matrix stay zero.
         panel[..kc * NR].fill(0.0);
         for (c, j) in cols.clone().enumerate() {
-            let bytes = &w.row(j, row_bytes)[k0 / block * w.dtype.type_size()..(k0 + kc) / block * w.dtype.type_size()];
-            to_f32(bytes, &mut row_values[..kc]);
+            to_f32(w.row_blocks(j, k0 / block..(k0 + kc) / block, row_bytes, &mut buf), &mut row_values[..kc]);
             for (i, &v) in row_values[..kc].iter().enumerate() {
                 panel[i * NR + c] = v;
             }
@@ -222,6 +281,8 @@ impl TokenLevels {
 /// rows × 2048 (16 KiB) still sits in L1, and each tile call has 64 blocks of work.
 const KC_8BIT: usize = 2048;
 const KC_BLOCKS_8BIT: usize = KC_8BIT / 32;
+// An interleaved group is one 8-bit panel.
+const _: () = assert!(NR8 == GROUP);
 
 /// One thread's 8-bit panel: levels interleaved as the tile reads them, scales and offsets,
 /// and one row's unpacked slice on its way in.
@@ -232,6 +293,7 @@ struct Panel8 {
     row_levels: Vec<u8>,
     row_scales: Vec<f32>,
     row_offsets: Vec<f32>,
+    gathered: Vec<u8>,
 }
 
 impl Panel8 {
@@ -243,6 +305,43 @@ impl Panel8 {
             row_levels: vec![0; KC_8BIT],
             row_scales: vec![0.0; KC_BLOCKS_8BIT],
             row_offsets: vec![0.0; KC_BLOCKS_8BIT],
+            gathered: vec![0; GATHER_BYTES],
+        }
+    }
+}
+
+impl Panel8 {
+    /// Rows `cols` (≤ NR8) of `w`, values k0..k0 + kc, unpacked into the panel.
+    fn fill(&mut self, w: &Matrix, row_bytes: usize, levels: AffineLevels, cols: Range<usize>, k0: usize, kc: usize) {
+        let (block, type_size) = (w.dtype.block_size(), w.dtype.type_size());
+        let n_blocks = kc / 32;
+        if w.layout == Layout::Interleaved8 && w.dtype == DType::Q4_0 {
+            // The group is the panel's 8 rows: its chunks unpack straight into place.
+            let group = w.group(cols.start / GROUP, row_bytes);
+            let group_block = GROUP * type_size;
+            for b in 0..n_blocks {
+                let block = &group[(k0 / 32 + b) * group_block..][..group_block];
+                interleave::q4_0_panel_block(block, &mut self.levels[b * NR8 * 32..][..NR8 * 32], &mut self.scales[b * NR8..][..NR8], &mut self.offsets[b * NR8..][..NR8]);
+            }
+            return;
+        }
+        // Rows past the matrix stay zero (scale and offset 0: they add nothing).
+        self.levels[..kc * NR8].fill(0);
+        self.scales.fill(0.0);
+        self.offsets.fill(0.0);
+        for (r, j) in cols.enumerate() {
+            let bytes = w.row_blocks(j, k0 / block..(k0 + kc) / block, row_bytes, &mut self.gathered);
+            for (i, weight_block) in bytes.chunks_exact(type_size).enumerate() {
+                let (values, groups) = (i * block..(i + 1) * block, i * block / 32..(i + 1) * block / 32);
+                (levels.unpack)(weight_block, &mut self.row_levels[values], &mut self.row_scales[groups.clone()], &mut self.row_offsets[groups]);
+            }
+            for b in 0..n_blocks {
+                for g in 0..8 {
+                    self.levels[(b * 8 + g) * 32 + 4 * r..][..4].copy_from_slice(&self.row_levels[b * 32 + 4 * g..][..4]);
+                }
+                self.scales[b * NR8 + r] = self.row_scales[b];
+                self.offsets[b * NR8 + r] = self.row_offsets[b];
+            }
         }
     }
 }
@@ -252,28 +351,10 @@ impl Panel8 {
 #[allow(clippy::too_many_arguments)]
 fn panel_times_tokens_8bit(tokens: &Tokens, n_tokens: usize, w: Matrix, row_bytes: usize, levels: AffineLevels, cols: Range<usize>, bias: Option<&[f32]>, out: SharedMut<f32>, panel: &mut Panel8) {
     let k = w.k;
-    let (block, type_size) = (w.dtype.block_size(), w.dtype.type_size());
     for k0 in (0..k).step_by(KC_8BIT) {
         let kc = KC_8BIT.min(k - k0);
         let n_blocks = kc / 32;
-        // Rows past the matrix stay zero (scale and offset 0: they add nothing).
-        panel.levels[..kc * NR8].fill(0);
-        panel.scales.fill(0.0);
-        panel.offsets.fill(0.0);
-        for (r, j) in cols.clone().enumerate() {
-            let bytes = &w.row(j, row_bytes)[k0 / block * type_size..(k0 + kc) / block * type_size];
-            for (i, weight_block) in bytes.chunks_exact(type_size).enumerate() {
-                let (values, groups) = (i * block..(i + 1) * block, i * block / 32..(i + 1) * block / 32);
-                (levels.unpack)(weight_block, &mut panel.row_levels[values], &mut panel.row_scales[groups.clone()], &mut panel.row_offsets[groups]);
-            }
-            for b in 0..n_blocks {
-                for g in 0..8 {
-                    panel.levels[(b * 8 + g) * 32 + 4 * r..][..4].copy_from_slice(&panel.row_levels[b * 32 + 4 * g..][..4]);
-                }
-                panel.scales[b * NR8 + r] = panel.row_scales[b];
-                panel.offsets[b * NR8 + r] = panel.row_offsets[b];
-            }
-        }
+        panel.fill(&w, row_bytes, levels, cols.clone(), k0, kc);
         let (panel_levels, scales, offsets) = (&panel.levels[..], &panel.scales[..], &panel.offsets[..]);
         for t0 in (0..n_tokens).step_by(MR8) {
             let mr = MR8.min(n_tokens - t0);
@@ -300,6 +381,19 @@ pub fn matvec_quantized(pool: &ThreadPool, xq: &[u8], kernel: VecDot, w: Matrix,
     assert_eq!(out.len(), w.rows);
     let out = SharedMut(out.as_mut_ptr());
     let bias_of = |j: usize| bias.map_or(0.0, |b| b[j]);
+    if w.layout == Layout::Interleaved8 {
+        let group_kernel = kernel.group.expect("matrices are interleaved only for types with a group kernel");
+        pool.for_ranges(w.rows / GROUP, grain(pool, w.rows) / GROUP, |groups| {
+            for g in groups {
+                for (r, value) in group_kernel(w.group(g, row_bytes), xq).into_iter().enumerate() {
+                    let j = g * GROUP + r;
+                    // SAFETY: the rows of group g belong to this range alone.
+                    unsafe { *out.at(j) = value + bias_of(j) };
+                }
+            }
+        });
+        return;
+    }
     pool.for_ranges(w.rows, grain(pool, w.rows), |rows| {
         let mut j = rows.start;
         if let Some(pair) = kernel.pair {
@@ -378,7 +472,7 @@ mod tests {
                     continue;
                 }
                 let (w, deq) = quantized(dtype, &case);
-                let matrix = Matrix { bytes: &w, dtype, k, rows };
+                let matrix = Matrix { bytes: &w, dtype, k, rows, layout: Layout::Rows };
                 for n_tokens in [2, 5, 9] {
                     let x = random(&mut seed, n_tokens * k);
                     let mut out = vec![f32::NAN; n_tokens * rows];
@@ -404,6 +498,55 @@ mod tests {
         }
     }
 
+    /// Every path over an interleaved matrix gives the row-major matrix's results: the
+    /// batch paths bit for bit (they read the same blocks), the one-token paths to f32
+    /// summation order (the exact one sums k in slices, the group kernel in another order).
+    /// k spans two slices, 40 rows are 5 groups, 1 and 3 threads.
+    #[test]
+    fn interleaved_matrices_give_the_row_major_results() {
+        let mut seed = 9u32;
+        let (k, rows) = (KC_8BIT + 512, 40);
+        let case = Case { k, rows, w_f32: random(&mut seed, k * rows), bias: random(&mut seed, rows) };
+        for threads in [1, 3] {
+            let pool = ThreadPool::new(threads).unwrap();
+            for dtype in [DType::Q4_0, DType::Q4_1, DType::Q8_0] {
+                let (w, _) = quantized(dtype, &case);
+                let mut interleaved = vec![0u8; w.len()];
+                interleave::interleave(dtype, dtype.row_bytes(k).unwrap(), &w, &mut interleaved);
+                let row_major = Matrix { bytes: &w, dtype, k, rows, layout: Layout::Rows };
+                let grouped = Matrix { bytes: &interleaved, layout: Layout::Interleaved8, ..row_major };
+                let bias = Some(&case.bias[..]);
+                let close = |a: &[f32], b: &[f32], what: &str| {
+                    for (j, (a, b)) in a.iter().zip(b).enumerate() {
+                        assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{dtype} threads={threads} {what} row {j}: {a} vs {b}");
+                    }
+                };
+                for n_tokens in [1, 3] {
+                    let x = random(&mut seed, n_tokens * k);
+                    let (mut expected, mut got) = (vec![0f32; n_tokens * rows], vec![f32::NAN; n_tokens * rows]);
+                    matmul(&pool, &x, n_tokens, row_major, bias, &mut expected);
+                    matmul(&pool, &x, n_tokens, grouped, bias, &mut got);
+                    if n_tokens == 1 {
+                        close(&got, &expected, "exact one token");
+                    } else {
+                        assert_eq!(got, expected, "{dtype} threads={threads} exact batch");
+                    }
+                    assert!(matmul_8bit(&pool, &x, n_tokens, row_major, bias, &mut expected));
+                    assert!(matmul_8bit(&pool, &x, n_tokens, grouped, bias, &mut got));
+                    assert_eq!(got, expected, "{dtype} threads={threads} 8-bit batch");
+                }
+                let Some(kernel) = simd::vec_dot(dtype).filter(|kernel| kernel.group.is_some()) else { continue };
+                let x = random(&mut seed, k);
+                let mut xq = vec![0u8; kernel.act_type.row_bytes(k).unwrap()];
+                quantize_activations(&x, kernel.act_type, &mut xq);
+                let (mut expected, mut got) = (vec![0f32; rows], vec![f32::NAN; rows]);
+                matvec_quantized(&pool, &xq, kernel, row_major, bias, &mut expected);
+                matvec_quantized(&pool, &xq, kernel, grouped, bias, &mut got);
+                close(&got, &expected, "group kernel");
+            }
+        }
+    }
+
     /// Exact paths against a plain f64 triple loop over the dequantized weight, for every
     /// type, one and many tokens (including token counts that leave partial tiles), a row
     /// count that leaves a partial panel, k spanning several KC slices, 1 and 3 threads.
@@ -416,7 +559,7 @@ mod tests {
             let pool = ThreadPool::new(threads).unwrap();
             for &dtype in DType::ALL {
                 let (w, deq) = quantized(dtype, &case);
-                let matrix = Matrix { bytes: &w, dtype, k, rows };
+                let matrix = Matrix { bytes: &w, dtype, k, rows, layout: Layout::Rows };
                 for n_tokens in [1, 2, 7, 13] {
                     let x = random(&mut seed, n_tokens * k);
                     let mut out = vec![f32::NAN; n_tokens * rows];
@@ -450,7 +593,7 @@ mod tests {
             let mut xd = vec![0f32; k];
             (kernel.act_type.traits().to_f32)(&xq, &mut xd);
             let mut out = vec![f32::NAN; rows];
-            matvec_quantized(&pool, &xq, kernel, Matrix { bytes: &w, dtype, k, rows }, Some(&case.bias), &mut out);
+            matvec_quantized(&pool, &xq, kernel, Matrix { bytes: &w, dtype, k, rows, layout: Layout::Rows }, Some(&case.bias), &mut out);
             for j in 0..rows {
                 let w = &deq[j * k..(j + 1) * k];
                 let exact: f64 = w.iter().zip(&xd).map(|(&w, &x)| w as f64 * x as f64).sum::<f64>() + case.bias[j] as f64;

@@ -5,6 +5,7 @@
 mod attention;
 mod gemm;
 mod gemm_i8;
+pub mod interleave;
 mod matmul;
 mod norm;
 pub mod pool;
@@ -13,7 +14,7 @@ pub mod simd;
 mod vec;
 
 pub use attention::{attention, softmax, AttentionShape, KvRows};
-pub use matmul::{matmul, matmul_8bit, matvec_quantized, quantize_activations, Matrix};
+pub use matmul::{matmul, matmul_8bit, matvec_quantized, quantize_activations, Layout, Matrix};
 pub use norm::rms_norm;
 pub use pool::ThreadPool;
 pub use rope::{rope, RopeParams, RopeStyle};

@@ -56,6 +56,9 @@ pub struct VecDot {
     /// Two rows against the same activations, where sharing them pays: the activation
     /// block and its scales are loaded once for both rows.
     pub pair: Option<fn(row0: &[u8], row1: &[u8], act: &[u8]) -> [f32; 2]>,
+    /// A group of 8 rows interleaved at load (`cpu::interleave`) against the same
+    /// activations, lane r holding row r: where it exists, the loader repacks the type.
+    pub group: Option<fn(group: &[u8], act: &[u8]) -> [f32; 8]>,
 }
 
 /// Wraps a `target_feature` kernel of three arguments (two rows and the activations), as
@@ -127,7 +130,12 @@ pub fn vec_dot_for(isa: Isa, dtype: DType) -> Option<VecDot> {
         (Isa::Avx2, DType::Q5_1) => checked_pair!(avx2::q5_1_q8_1_pair),
         _ => None,
     };
-    Some(VecDot { act_type: dtype.traits().vec_dot_type, dot, pair })
+    let group = match (isa, dtype) {
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, DType::Q4_0) => Some(checked!(avx2::q4_0x8_q8_1, fn(&[u8], &[u8]) -> [f32; 8])),
+        _ => None,
+    };
+    Some(VecDot { act_type: dtype.traits().vec_dot_type, dot, pair, group })
 }
 
 /// The fastest quantizer of activations to `act_type` (an 8-bit `vec_dot_type`). The vector
