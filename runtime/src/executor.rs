@@ -1,9 +1,8 @@
 //! The one executor: runs a model's [`Graph`] for a batch of tokens at positions
 //! p..p+n on the CPU kernels. It knows ops, not architectures.
 
-use std::borrow::Cow;
-
 use retort_kernels::cpu::{self, interleave, simd, AttentionShape, Layout, Matrix, RopeParams, ThreadPool};
+use memmap2::MmapMut;
 use retort_kernels::DType;
 use retort_models::gguf::GgufFile;
 use retort_models::graph::{ActId, Graph, Op, WeightId};
@@ -12,12 +11,13 @@ use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::plan::{plan, ArenaPlan};
 
-/// A weight as the kernels consume it: 2-D weights stay views into the map, or are
-/// interleaved at load where this CPU's decode kernel for their type reads 8 rows at once
-/// (`cpu::interleave`); 1-D ones (norm scales, biases, rope factors) are dequantized to f32
-/// once at load.
+/// A weight as the kernels consume it: 2-D weights are views into the map, and matmuls read
+/// them interleaved instead where this CPU's decode kernel for their type takes 8 rows at
+/// once (`cpu::interleave`; the map's pages are then given back, and only an embedding
+/// table tied to the output reads its few rows from the map again). 1-D weights (norm
+/// scales, biases, rope factors) are dequantized to f32 once at load.
 enum WeightData<'m> {
-    Matrix { bytes: Cow<'m, [u8]>, dtype: DType, row_len: usize, rows: usize, layout: Layout },
+    Matrix { mapped: &'m [u8], interleaved: Option<MmapMut>, dtype: DType, row_len: usize, rows: usize },
     Vector(Vec<f32>),
 }
 
@@ -47,19 +47,10 @@ impl<'m> Executor<'m> {
     /// `max_batch` to allow logits at every position (eval, perplexity).
     pub fn new(file: &'m GgufFile, graph: Graph, n_ctx: usize, max_batch: usize, max_logit_rows: usize, threads: usize) -> Result<Executor<'m>> {
         let pool = ThreadPool::new(threads).map_err(|e| Error::Usage(format!("cannot start {threads} threads: {e}")))?;
-        let embedding_tables: Vec<WeightId> = graph
-            .ops
-            .iter()
-            .filter_map(|op| match op {
-                Op::Embed { table, .. } => Some(*table),
-                _ => None,
-            })
-            .collect();
         let weights = graph
             .weights
             .iter()
-            .enumerate()
-            .map(|(id, w)| {
+            .map(|w| {
                 let info = file.tensor(&w.name).expect("graph weights come from this file");
                 let bytes = file.tensor_data(info)?;
                 let (row_len, rows) = w.matrix_shape();
@@ -67,15 +58,14 @@ impl<'m> Executor<'m> {
                     let mut v = vec![0f32; row_len];
                     (w.dtype.traits().to_f32)(bytes, &mut v);
                     WeightData::Vector(v)
-                } else if rows % interleave::GROUP == 0 && !embedding_tables.contains(&WeightId(id)) && simd::vec_dot(w.dtype).is_some_and(|kernel| kernel.group.is_some()) {
+                } else if rows % interleave::GROUP == 0 && simd::vec_dot(w.dtype).is_some_and(|kernel| kernel.group.is_some()) {
                     let row_bytes = w.dtype.row_bytes(row_len).expect("checked at load");
-                    let interleaved = interleave::interleaved(&pool, w.dtype, row_bytes, bytes);
-                    // The map's copy is not read again: its pages go back, so the process
-                    // holds these weights once.
+                    let mut interleaved = repack_buffer(bytes.len())?;
+                    interleave::interleave_in_parallel(&pool, w.dtype, row_bytes, bytes, &mut interleaved);
                     file.release_tensor(info, 0, bytes.len());
-                    WeightData::Matrix { bytes: Cow::Owned(interleaved), dtype: w.dtype, row_len, rows, layout: Layout::Interleaved8 }
+                    WeightData::Matrix { mapped: bytes, interleaved: Some(interleaved), dtype: w.dtype, row_len, rows }
                 } else {
-                    WeightData::Matrix { bytes: Cow::Borrowed(bytes), dtype: w.dtype, row_len, rows, layout: Layout::Rows }
+                    WeightData::Matrix { mapped: bytes, interleaved: None, dtype: w.dtype, row_len, rows }
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -183,7 +173,7 @@ impl<'m> Executor<'m> {
         let op = self.graph.ops[i].clone();
         match op {
             Op::Embed { table, out } => {
-                let WeightData::Matrix { bytes: Cow::Borrowed(bytes), dtype, row_len, .. } = self.weights[table.0] else { unreachable!("embedding tables stay in the map") };
+                let WeightData::Matrix { mapped: bytes, dtype, row_len, .. } = self.weights[table.0] else { unreachable!() };
                 let row_bytes = dtype.row_bytes(row_len).expect("checked at load");
                 self.rows[out.0] = tokens.len();
                 let dst = self.act_mut(out);
@@ -203,11 +193,14 @@ impl<'m> Executor<'m> {
             Op::MatMul { x, weight, bias, out } => {
                 let n = self.rows[x.0];
                 self.rows[out.0] = n;
-                let WeightData::Matrix { ref bytes, dtype, row_len, rows, layout } = self.weights[weight.0] else { unreachable!() };
+                let WeightData::Matrix { mapped, ref interleaved, dtype, row_len, rows } = self.weights[weight.0] else { unreachable!() };
                 let (rx, ro) = (self.act_range(x), self.act_range(out));
                 let (src, dst) = split_disjoint(&mut self.arena, rx, ro);
                 let bias = bias.map(|b| vector(&self.weights, b));
-                let w = Matrix { bytes, dtype, k: row_len, rows, layout };
+                let w = match interleaved {
+                    Some(bytes) => Matrix { bytes, dtype, k: row_len, rows, layout: Layout::Interleaved8 },
+                    None => Matrix { bytes: mapped, dtype, k: row_len, rows, layout: Layout::Rows },
+                };
                 match simd::vec_dot(dtype).filter(|_| n == 1 && !self.exact) {
                     Some(kernel) => {
                         let xq = &mut self.quantized[..kernel.act_type.row_bytes(row_len).expect("checked at load")];
@@ -316,6 +309,15 @@ impl<'m> Executor<'m> {
         let (rx, ro) = (self.act_range(x), self.act_range(out));
         split_disjoint(&mut self.arena, rx, ro)
     }
+}
+
+/// Memory for a weight repacked at load: anonymous pages, asked to be 2 MiB ones. Filling
+/// 4 KiB pages cost a fault and a clear each, which made repacking a 1.5 GB file take seconds.
+fn repack_buffer(len: usize) -> Result<MmapMut> {
+    let map = MmapMut::map_anon(len).map_err(|e| Error::Io(format!("{len} bytes for repacked weights"), e))?;
+    #[cfg(target_os = "linux")]
+    let _ = map.advise(memmap2::Advice::HugePage);
+    Ok(map)
 }
 
 fn vector<'a>(weights: &'a [WeightData], w: WeightId) -> &'a [f32] {

@@ -7,7 +7,8 @@
 //! block by block:
 //!
 //! ```text
-//! group g, block i:  header(row 0) … header(row 7)        8 × header bytes (the f16 scales)
+//! group g, block i:  field 1 (row 0) … field 1 (row 7)     each header field of the 8 rows
+//!                    field 2 (row 0) … field 2 (row 7)     (d; Q4_1's m; Q5_0's fifth bits)
 //!                    quants[0..4](row 0) … (row 7)         32 bytes: one 4-byte chunk a row
 //!                    quants[4..8](row 0) … (row 7)
 //!                    …                                     (quant bytes / 4 chunks)
@@ -27,14 +28,29 @@ use crate::dtype::DType;
 /// Rows interleaved together.
 pub const GROUP: usize = 8;
 
-/// Bytes before the quants in a block of a type that can be interleaved (its scales), or
-/// None: the types of 32-value blocks whose quants are whole 4-byte chunks.
-pub fn header_bytes(dtype: DType) -> Option<usize> {
+/// The sizes of the fields before the quants in a block of a type that can be interleaved,
+/// or None: the types of 32-value blocks whose quants are whole 4-byte chunks.
+pub fn header_fields(dtype: DType) -> Option<&'static [usize]> {
     match dtype {
-        DType::Q4_0 | DType::Q8_0 => Some(2),
-        DType::Q4_1 => Some(4),
+        DType::Q4_0 | DType::Q8_0 => Some(&[2]),
+        DType::Q4_1 => Some(&[2, 2]),
+        DType::Q5_0 => Some(&[2, 4]),
         _ => None,
     }
+}
+
+/// Each header field as (offset in a block, offset in a group block, size).
+fn field_offsets(dtype: DType) -> impl Iterator<Item = (usize, usize, usize)> {
+    let fields = header_fields(dtype).expect("interleaved only for types with header fields");
+    fields.iter().scan(0, |offset, &size| {
+        let field = (*offset, GROUP * *offset, size);
+        *offset += size;
+        Some(field)
+    })
+}
+
+fn header_bytes(dtype: DType) -> usize {
+    header_fields(dtype).map_or(0, |fields| fields.iter().sum())
 }
 
 /// Whole groups of rows (`row_bytes` each, row after row) interleaved into `out` (same length).
@@ -45,11 +61,11 @@ pub fn interleave(dtype: DType, row_bytes: usize, rows: &[u8], out: &mut [u8]) {
     }
 }
 
-/// [`interleave`] into a new buffer, the groups split across the pool: what the loader runs
-/// (one pass over the tensor, which load time pays).
-pub fn interleaved(pool: &ThreadPool, dtype: DType, row_bytes: usize, rows: &[u8]) -> Vec<u8> {
+/// [`interleave`] with the groups split across the pool: what the loader runs (one pass
+/// over the tensor, which load time pays).
+pub fn interleave_in_parallel(pool: &ThreadPool, dtype: DType, row_bytes: usize, rows: &[u8], out: &mut [u8]) {
     let group_bytes = GROUP * row_bytes;
-    let mut out = vec![0u8; rows.len()];
+    assert_eq!(rows.len(), out.len());
     let n_groups = rows.len() / group_bytes;
     let dst = SharedMut(out.as_mut_ptr());
     pool.for_ranges(n_groups, n_groups.div_ceil(4 * pool.n_threads()), |groups| {
@@ -58,23 +74,27 @@ pub fn interleaved(pool: &ThreadPool, dtype: DType, row_bytes: usize, rows: &[u8
         let out = unsafe { std::slice::from_raw_parts_mut(dst.at(bytes.start), bytes.len()) };
         interleave(dtype, row_bytes, &rows[bytes], out);
     });
-    out
 }
 
 /// `rows` (GROUP rows of one matrix, row after row) interleaved into `group` (same length).
 fn interleave_group(dtype: DType, rows: &[u8], group: &mut [u8]) {
-    let header = header_bytes(dtype).expect("interleaved only for types with a header size");
+    let header = header_bytes(dtype);
     let block = dtype.type_size();
     assert_eq!(rows.len(), group.len());
     assert_eq!(rows.len() % (GROUP * block), 0, "{} bytes are not {GROUP} rows of whole blocks", rows.len());
     let row_bytes = rows.len() / GROUP;
-    for i in 0..row_bytes / block {
-        let dst = &mut group[i * GROUP * block..(i + 1) * GROUP * block];
-        for r in 0..GROUP {
-            let src = &rows[r * row_bytes + i * block..][..block];
-            dst[r * header..(r + 1) * header].copy_from_slice(&src[..header]);
-            for (c, chunk) in src[header..].chunks_exact(4).enumerate() {
-                dst[GROUP * header + (c * GROUP + r) * 4..][..4].copy_from_slice(chunk);
+    for (i, dst) in group.chunks_exact_mut(GROUP * block).enumerate() {
+        let srcs: [&[u8]; GROUP] = std::array::from_fn(|r| &rows[r * row_bytes + i * block..][..block]);
+        let (headers, quants) = dst.split_at_mut(GROUP * header);
+        for (at_row, at_group, size) in field_offsets(dtype) {
+            for (r, src) in srcs.iter().enumerate() {
+                headers[at_group + r * size..][..size].copy_from_slice(&src[at_row..][..size]);
+            }
+        }
+        // Written in order: chunk c of row 0, of row 1, ...
+        for (c, out) in quants.chunks_exact_mut(4 * GROUP).enumerate() {
+            for (src, word) in srcs.iter().zip(out.chunks_exact_mut(4)) {
+                word.copy_from_slice(&src[header + 4 * c..][..4]);
             }
         }
     }
@@ -83,25 +103,38 @@ fn interleave_group(dtype: DType, rows: &[u8], group: &mut [u8]) {
 /// Row `r` (< GROUP) of an interleaved `group`, blocks `blocks`, in the file's layout: into
 /// `out`, which must hold exactly those blocks.
 pub fn block_range_of_row(dtype: DType, group: &[u8], r: usize, blocks: Range<usize>, out: &mut [u8]) {
-    let header = header_bytes(dtype).expect("interleaved only for types with a header size");
+    let header = header_bytes(dtype);
     let block = dtype.type_size();
     assert!(r < GROUP);
     assert_eq!(out.len(), blocks.len() * block);
     for (i, dst) in blocks.zip(out.chunks_exact_mut(block)) {
         let src = &group[i * GROUP * block..(i + 1) * GROUP * block];
-        dst[..header].copy_from_slice(&src[r * header..(r + 1) * header]);
+        for (at_row, at_group, size) in field_offsets(dtype) {
+            dst[at_row..][..size].copy_from_slice(&src[at_group + r * size..][..size]);
+        }
         for (c, chunk) in dst[header..].chunks_exact_mut(4).enumerate() {
             chunk.copy_from_slice(&src[GROUP * header + (c * GROUP + r) * 4..][..4]);
         }
     }
 }
 
-/// One block of an interleaved Q4_0 group as the 8-bit prefill's panel holds it: levels
-/// 4g..4g + 4 of row r at levels[g·32 + 4r..], each row's scale d and offset −8d (Q4_0's
-/// `unpack_levels`). The group's quant chunk c holds bytes 4c.. of every row, whose low
-/// nibbles are levels 4c.. and high nibbles levels 16 + 4c..: whole 32-byte runs of the panel,
-/// where a row-major matrix is unpacked row by row and scattered.
-pub fn q4_0_panel_block(block: &[u8], levels: &mut [u8], scales: &mut [f32], offsets: &mut [f32]) {
+/// How one block of an interleaved group of `dtype` goes into the 8-bit prefill's panel,
+/// where a type has such a path: levels 4g..4g + 4 of row r at levels[g·32 + 4r..], and each
+/// row's scale and offset (those of the type's `unpack_levels`). The group's quant chunks
+/// are whole 32-byte runs of the panel already, where a row-major matrix is unpacked row by
+/// row and scattered.
+pub fn panel_block(dtype: DType) -> Option<fn(block: &[u8], levels: &mut [u8], scales: &mut [f32], offsets: &mut [f32])> {
+    match dtype {
+        DType::Q4_0 => Some(q4_0_panel_block),
+        DType::Q8_0 => Some(q8_0_panel_block),
+        DType::Q5_0 => Some(q5_0_panel_block),
+        _ => None,
+    }
+}
+
+/// Q4_0: chunk c holds bytes 4c.. of every row, whose low nibbles are levels 4c.. and high
+/// nibbles levels 16 + 4c..; scale d, offset −8d.
+fn q4_0_panel_block(block: &[u8], levels: &mut [u8], scales: &mut [f32], offsets: &mut [f32]) {
     const HEADER: usize = 2 * GROUP;
     assert_eq!(block.len(), GROUP * crate::quants::q4_0::BLOCK_BYTES);
     for r in 0..GROUP {
@@ -116,6 +149,36 @@ pub fn q4_0_panel_block(block: &[u8], levels: &mut [u8], scales: &mut [f32], off
     }
 }
 
+/// Q5_0: as Q4_0, with each level's fifth bit from its row's qh (bit j for value j, the 8
+/// rows' u32 after the scales); scale d, offset −16d.
+fn q5_0_panel_block(block: &[u8], levels: &mut [u8], scales: &mut [f32], offsets: &mut [f32]) {
+    const HEADER: usize = 6 * GROUP;
+    assert_eq!(block.len(), GROUP * crate::quants::q5_0::BLOCK_BYTES);
+    let qh: [u32; GROUP] = std::array::from_fn(|r| u32::from_le_bytes(block[2 * GROUP + 4 * r..][..4].try_into().unwrap()));
+    for r in 0..GROUP {
+        let d = crate::quants::f16_at(block, 2 * r);
+        (scales[r], offsets[r]) = (d, -16.0 * d);
+    }
+    for (c, chunk) in block[HEADER..].chunks_exact(32).enumerate() {
+        for (i, &q) in chunk.iter().enumerate() {
+            let (r, value) = (i / 4, 4 * c + i % 4);
+            let fifth_bit = |j: usize| ((qh[r] >> j) & 1) as u8 * 16;
+            levels[c * 32 + i] = (q & 0x0f) | fifth_bit(value);
+            levels[(c + 4) * 32 + i] = (q >> 4) | fifth_bit(value + 16);
+        }
+    }
+}
+
+/// Q8_0: chunk c holds levels 4c.. of every row as they are; scale d, offset 0.
+fn q8_0_panel_block(block: &[u8], levels: &mut [u8], scales: &mut [f32], offsets: &mut [f32]) {
+    const HEADER: usize = 2 * GROUP;
+    assert_eq!(block.len(), GROUP * crate::quants::q8_0::BLOCK_BYTES);
+    for r in 0..GROUP {
+        (scales[r], offsets[r]) = (crate::quants::f16_at(block, 2 * r), 0.0);
+    }
+    levels[..block.len() - HEADER].copy_from_slice(&block[HEADER..]);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,7 +187,7 @@ mod tests {
     /// that can be interleaved, whole rows and inner block ranges alike.
     #[test]
     fn interleaved_rows_come_back_exactly() {
-        for dtype in [DType::Q4_0, DType::Q4_1, DType::Q8_0] {
+        for dtype in [DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q8_0] {
             let n_blocks = 5;
             let row_bytes = n_blocks * dtype.type_size();
             let rows: Vec<u8> = (0..GROUP * row_bytes).map(|i| (i * 131 % 251) as u8).collect();

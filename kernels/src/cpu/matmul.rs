@@ -54,7 +54,7 @@ impl Matrix<'_> {
         let row_bytes = self.dtype.row_bytes(self.k).expect("row length is whole blocks of the dtype");
         assert_eq!(self.bytes.len(), row_bytes * self.rows, "{} weight bytes for {} rows of {}", self.bytes.len(), self.rows, self.k);
         if self.layout == Layout::Interleaved8 {
-            assert!(self.rows % GROUP == 0 && interleave::header_bytes(self.dtype).is_some(), "{} rows of {} cannot be interleaved", self.rows, self.dtype);
+            assert!(self.rows % GROUP == 0 && interleave::header_fields(self.dtype).is_some(), "{} rows of {} cannot be interleaved", self.rows, self.dtype);
         }
         row_bytes
     }
@@ -315,13 +315,13 @@ impl Panel8 {
     fn fill(&mut self, w: &Matrix, row_bytes: usize, levels: AffineLevels, cols: Range<usize>, k0: usize, kc: usize) {
         let (block, type_size) = (w.dtype.block_size(), w.dtype.type_size());
         let n_blocks = kc / 32;
-        if w.layout == Layout::Interleaved8 && w.dtype == DType::Q4_0 {
+        if let (Layout::Interleaved8, Some(panel_block)) = (w.layout, interleave::panel_block(w.dtype)) {
             // The group is the panel's 8 rows: its chunks unpack straight into place.
             let group = w.group(cols.start / GROUP, row_bytes);
             let group_block = GROUP * type_size;
             for b in 0..n_blocks {
                 let block = &group[(k0 / 32 + b) * group_block..][..group_block];
-                interleave::q4_0_panel_block(block, &mut self.levels[b * NR8 * 32..][..NR8 * 32], &mut self.scales[b * NR8..][..NR8], &mut self.offsets[b * NR8..][..NR8]);
+                panel_block(block, &mut self.levels[b * NR8 * 32..][..NR8 * 32], &mut self.scales[b * NR8..][..NR8], &mut self.offsets[b * NR8..][..NR8]);
             }
             return;
         }
@@ -509,7 +509,7 @@ mod tests {
         let case = Case { k, rows, w_f32: random(&mut seed, k * rows), bias: random(&mut seed, rows) };
         for threads in [1, 3] {
             let pool = ThreadPool::new(threads).unwrap();
-            for dtype in [DType::Q4_0, DType::Q4_1, DType::Q8_0] {
+            for dtype in [DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q8_0] {
                 let (w, _) = quantized(dtype, &case);
                 let mut interleaved = vec![0u8; w.len()];
                 interleave::interleave(dtype, dtype.row_bytes(k).unwrap(), &w, &mut interleaved);

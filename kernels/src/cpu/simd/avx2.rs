@@ -272,6 +272,83 @@ pub unsafe fn q8_0_q8_0(row: &[u8], act: &[u8]) -> f32 {
     hsum(acc)
 }
 
+/// Eight Q5_0 rows interleaved against Q8_1 activations: as [`q4_0x8_q8_1`], after the
+/// scales the 8 rows' qh (lane r: row r's fifth bits, bit j for value j), and each level's
+/// fifth bit added from it: byte e of lane r takes bit 4c + e (low nibbles) or 16 + 4c + e
+/// (high) of qh. Levels reach 31, so i16 sums take four products (≤ 31496), not eight.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q5_0x8_q8_1(group: &[u8], act: &[u8]) -> [f32; 8] {
+    const GROUP_BLOCK: usize = 8 * q5_0::BLOCK_BYTES;
+    let n = blocks(group, GROUP_BLOCK, act, q8_1::BLOCK_BYTES);
+    let low_nibbles = _mm256_set1_epi8(0x0f);
+    let fifth_bit = _mm256_set1_epi8(0x10);
+    // Within each lane, byte e tests bit e of the lane's byte 0 (low) or byte 2 (high).
+    let byte0 = _mm256_setr_epi8(0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12, 0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12);
+    let byte2 = _mm256_add_epi8(byte0, _mm256_set1_epi8(2));
+    let bit_e = _mm256_set1_epi32(0x0804_0201);
+    let spread = |bits: __m256i, from: __m256i| {
+        let masked = _mm256_and_si256(_mm256_shuffle_epi8(bits, from), bit_e);
+        _mm256_and_si256(_mm256_cmpeq_epi8(masked, bit_e), fifth_bit)
+    };
+    let mut acc = _mm256_setzero_ps();
+    let mut offset_acc = _mm256_setzero_ps();
+    for i in 0..n {
+        let (w, a) = (group.as_ptr().add(i * GROUP_BLOCK), act.as_ptr().add(i * q8_1::BLOCK_BYTES));
+        prefetch_ahead(w, GROUP_BLOCK);
+        let qh = load(w.add(16));
+        let mut sums = _mm256_setzero_si256();
+        for half in 0..2 {
+            let mut half_sums = _mm256_setzero_si256();
+            for c in 2 * half..2 * half + 2 {
+                let quants = load(w.add(48 + 32 * c));
+                let bits = _mm256_srlv_epi32(qh, _mm256_set1_epi32(4 * c as i32));
+                let lo = _mm256_or_si256(_mm256_and_si256(quants, low_nibbles), spread(bits, byte0));
+                let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(quants), low_nibbles), spread(bits, byte2));
+                let a_lo = _mm256_set1_epi32(std::ptr::read_unaligned(a.add(4 + 4 * c) as *const i32));
+                let a_hi = _mm256_set1_epi32(std::ptr::read_unaligned(a.add(4 + 16 + 4 * c) as *const i32));
+                half_sums = _mm256_add_epi16(half_sums, _mm256_add_epi16(_mm256_maddubs_epi16(lo, a_lo), _mm256_maddubs_epi16(hi, a_hi)));
+            }
+            sums = _mm256_add_epi32(sums, _mm256_madd_epi16(half_sums, _mm256_set1_epi16(1)));
+        }
+        let weight_scales = _mm256_cvtph_ps(_mm_loadu_si128(w as *const __m128i));
+        let act_scales = f16_pair_at(a); // [da, s, 0, 0]
+        let da = _mm256_broadcastss_ps(act_scales);
+        let s = _mm256_broadcastss_ps(_mm_movehdup_ps(act_scales));
+        acc = _mm256_fmadd_ps(_mm256_mul_ps(weight_scales, da), _mm256_cvtepi32_ps(sums), acc);
+        offset_acc = _mm256_fmadd_ps(weight_scales, s, offset_acc);
+    }
+    let mut out = [0f32; 8];
+    _mm256_storeu_ps(out.as_mut_ptr(), _mm256_fmadd_ps(offset_acc, _mm256_set1_ps(-16.0), acc));
+    out
+}
+
+/// Eight Q8_0 rows interleaved (`cpu::interleave`) against Q8_0 activations, lane r holding
+/// row r: a block of the group is the 8 rows' f16 scales, then 8 chunks of 32 bytes holding
+/// bytes 4c..4c+4 of each row (values 4c..). The products of signed levels reach 2·127² per
+/// i16 pair, so each chunk widens to i32 on its own.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q8_0x8_q8_0(group: &[u8], act: &[u8]) -> [f32; 8] {
+    const GROUP_BLOCK: usize = 8 * q8_0::BLOCK_BYTES;
+    let n = blocks(group, GROUP_BLOCK, act, q8_0::BLOCK_BYTES);
+    let mut acc = _mm256_setzero_ps();
+    for i in 0..n {
+        let (w, a) = (group.as_ptr().add(i * GROUP_BLOCK), act.as_ptr().add(i * q8_0::BLOCK_BYTES));
+        prefetch_ahead(w, GROUP_BLOCK);
+        let mut sums = _mm256_setzero_si256();
+        for c in 0..8 {
+            let quants = load(w.add(16 + 32 * c));
+            let a = _mm256_set1_epi32(std::ptr::read_unaligned(a.add(2 + 4 * c) as *const i32));
+            sums = _mm256_add_epi32(sums, dot_i8_i8(quants, a));
+        }
+        let weight_scales = _mm256_cvtph_ps(_mm_loadu_si128(w as *const __m128i));
+        let da = _mm256_broadcastss_ps(f16_pair(u16::from_le_bytes([*a, *a.add(1)]) as u32));
+        acc = _mm256_fmadd_ps(_mm256_mul_ps(weight_scales, da), _mm256_cvtepi32_ps(sums), acc);
+    }
+    let mut out = [0f32; 8];
+    _mm256_storeu_ps(out.as_mut_ptr(), acc);
+    out
+}
+
 // ---- k-quants against Q8_K
 //
 // A Q8_K block: d: f32 at 0, qs at 4, bsums (i16 sums of each 16 qs) at 4 + 256.
