@@ -47,10 +47,21 @@ impl<'m> Executor<'m> {
     /// `max_batch` to allow logits at every position (eval, perplexity).
     pub fn new(file: &'m GgufFile, graph: Graph, n_ctx: usize, max_batch: usize, max_logit_rows: usize, threads: usize) -> Result<Executor<'m>> {
         let pool = ThreadPool::new(threads).map_err(|e| Error::Usage(format!("cannot start {threads} threads: {e}")))?;
+        // Only matmul weights are repacked: an embedding table that is not also the output
+        // matrix is read a row per token, from the map.
+        let matmul_weights: Vec<WeightId> = graph
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::MatMul { weight, .. } => Some(*weight),
+                _ => None,
+            })
+            .collect();
         let weights = graph
             .weights
             .iter()
-            .map(|w| {
+            .enumerate()
+            .map(|(id, w)| {
                 let info = file.tensor(&w.name).expect("graph weights come from this file");
                 let bytes = file.tensor_data(info)?;
                 let (row_len, rows) = w.matrix_shape();
@@ -58,7 +69,7 @@ impl<'m> Executor<'m> {
                     let mut v = vec![0f32; row_len];
                     (w.dtype.traits().to_f32)(bytes, &mut v);
                     WeightData::Vector(v)
-                } else if rows % interleave::GROUP == 0 && simd::vec_dot(w.dtype).is_some_and(|kernel| kernel.group.is_some()) {
+                } else if rows % interleave::GROUP == 0 && matmul_weights.contains(&WeightId(id)) && simd::vec_dot(w.dtype).is_some_and(|kernel| kernel.group.is_some()) {
                     let row_bytes = w.dtype.row_bytes(row_len).expect("checked at load");
                     let mut interleaved = repack_buffer(bytes.len())?;
                     interleave::interleave_in_parallel(&pool, w.dtype, row_bytes, bytes, &mut interleaved);
