@@ -197,6 +197,19 @@ pub unsafe fn q5_1_q8_1_pair(row0: &[u8], row1: &[u8], act: &[u8]) -> [f32; 2] {
     against_q8_1_pair([row0, row1], act, q5_1::BLOCK_BYTES, None, |w| five_bit_levels(w.add(4), w.add(8)))
 }
 
+/// The end of a group block against a Q8_1 block: `sums` (lane r: row r's Σ level·a) scaled
+/// by the rows' f16 scales at `w` times the activation's d, and the rows' scales times the
+/// activation's s gathered for the offset term.
+#[inline(always)]
+unsafe fn accumulate_group_block(w: *const u8, a: *const u8, sums: __m256i, acc: &mut __m256, offset_acc: &mut __m256) {
+    let weight_scales = _mm256_cvtph_ps(_mm_loadu_si128(w as *const __m128i));
+    let act_scales = f16_pair_at(a); // [da, s, 0, 0]
+    let da = _mm256_broadcastss_ps(act_scales);
+    let s = _mm256_broadcastss_ps(_mm_movehdup_ps(act_scales));
+    *acc = _mm256_fmadd_ps(_mm256_mul_ps(weight_scales, da), _mm256_cvtepi32_ps(sums), *acc);
+    *offset_acc = _mm256_fmadd_ps(weight_scales, s, *offset_acc);
+}
+
 /// Eight Q4_0 rows interleaved (`cpu::interleave`) against Q8_1 activations: lane r of every
 /// vector is row r. A block of the group is the 8 rows' f16 scales, then 4 chunks of 32 bytes
 /// holding bytes 4c..4c+4 of each row: low nibbles are values 4c.., high nibbles 16 + 4c...
@@ -221,12 +234,7 @@ pub unsafe fn q4_0x8_q8_1(group: &[u8], act: &[u8]) -> [f32; 8] {
             let a_hi = _mm256_set1_epi32(std::ptr::read_unaligned(a.add(4 + 16 + 4 * c) as *const i32));
             sums = _mm256_add_epi16(sums, _mm256_add_epi16(_mm256_maddubs_epi16(lo, a_lo), _mm256_maddubs_epi16(hi, a_hi)));
         }
-        let weight_scales = _mm256_cvtph_ps(_mm_loadu_si128(w as *const __m128i));
-        let act_scales = f16_pair_at(a); // [da, s, 0, 0]
-        let da = _mm256_broadcastss_ps(act_scales);
-        let s = _mm256_broadcastss_ps(_mm_movehdup_ps(act_scales));
-        acc = _mm256_fmadd_ps(_mm256_mul_ps(weight_scales, da), _mm256_cvtepi32_ps(_mm256_madd_epi16(sums, _mm256_set1_epi16(1))), acc);
-        offset_acc = _mm256_fmadd_ps(weight_scales, s, offset_acc);
+        accumulate_group_block(w, a, _mm256_madd_epi16(sums, _mm256_set1_epi16(1)), &mut acc, &mut offset_acc);
     }
     let mut out = [0f32; 8];
     _mm256_storeu_ps(out.as_mut_ptr(), _mm256_fmadd_ps(offset_acc, _mm256_set1_ps(-8.0), acc));
@@ -310,12 +318,7 @@ pub unsafe fn q5_0x8_q8_1(group: &[u8], act: &[u8]) -> [f32; 8] {
             }
             sums = _mm256_add_epi32(sums, _mm256_madd_epi16(half_sums, _mm256_set1_epi16(1)));
         }
-        let weight_scales = _mm256_cvtph_ps(_mm_loadu_si128(w as *const __m128i));
-        let act_scales = f16_pair_at(a); // [da, s, 0, 0]
-        let da = _mm256_broadcastss_ps(act_scales);
-        let s = _mm256_broadcastss_ps(_mm_movehdup_ps(act_scales));
-        acc = _mm256_fmadd_ps(_mm256_mul_ps(weight_scales, da), _mm256_cvtepi32_ps(sums), acc);
-        offset_acc = _mm256_fmadd_ps(weight_scales, s, offset_acc);
+        accumulate_group_block(w, a, sums, &mut acc, &mut offset_acc);
     }
     let mut out = [0f32; 8];
     _mm256_storeu_ps(out.as_mut_ptr(), _mm256_fmadd_ps(offset_acc, _mm256_set1_ps(-16.0), acc));
