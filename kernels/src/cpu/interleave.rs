@@ -4,14 +4,14 @@
 //! In a GGUF file a matrix is row after row. A decode kernel reading one or two rows at a
 //! time loads each activation block once per row pair and ends every block with a
 //! horizontal sum per row. Interleaved, the rows of a group of [`GROUP`] sit side by side
-//! block by block:
+//! block by block, field by field (a block's fields: its scales, its quants, …), each field
+//! in chunks of 4 bytes (or whole, if shorter):
 //!
 //! ```text
-//! group g, block i:  field 1 (row 0) … field 1 (row 7)     each header field of the 8 rows
-//!                    field 2 (row 0) … field 2 (row 7)     (d; Q4_1's m; Q5_0's fifth bits)
+//! group g, block i:  d (row 0) … d (row 7)                 a 2-byte field: 8 × 2 bytes
 //!                    quants[0..4](row 0) … (row 7)         32 bytes: one 4-byte chunk a row
 //!                    quants[4..8](row 0) … (row 7)
-//!                    …                                     (quant bytes / 4 chunks)
+//!                    …                                     (field bytes / 4 chunks)
 //! ```
 //!
 //! so one 32-byte load holds the same 4 bytes of all 8 rows, and an integer multiply-add
@@ -28,29 +28,32 @@ use crate::dtype::DType;
 /// Rows interleaved together.
 pub const GROUP: usize = 8;
 
-/// The sizes of the fields before the quants in a block of a type that can be interleaved,
-/// or None: the types of 32-value blocks whose quants are whole 4-byte chunks.
-pub fn header_fields(dtype: DType) -> Option<&'static [usize]> {
+/// A block's fields as (offset in the block, size), in the order the group lays them out
+/// (the order the decode kernel reads them: scales first, so a group streams front to back),
+/// for the types that can be interleaved. Every field is at most 4 bytes or whole 4-byte
+/// chunks, and the fields cover the block.
+pub fn fields(dtype: DType) -> Option<&'static [(usize, usize)]> {
     match dtype {
-        DType::Q4_0 | DType::Q8_0 => Some(&[2]),
-        DType::Q4_1 => Some(&[2, 2]),
-        DType::Q5_0 => Some(&[2, 4]),
+        DType::Q4_0 => Some(&[(0, 2), (2, 16)]),                     // d, qs
+        DType::Q4_1 => Some(&[(0, 2), (2, 2), (4, 16)]),             // d, m, qs
+        DType::Q5_0 => Some(&[(0, 2), (2, 4), (6, 16)]),             // d, qh, qs
+        DType::Q8_0 => Some(&[(0, 2), (2, 32)]),                     // d, qs
+        DType::Q4_K => Some(&[(0, 2), (2, 2), (4, 12), (16, 128)]),  // d, dmin, packed scales and mins, qs
+        DType::Q6_K => Some(&[(192, 16), (0, 128), (128, 64), (208, 2)]), // scales, ql, qh, d
         _ => None,
     }
 }
 
-/// Each header field as (offset in a block, offset in a group block, size).
-fn field_offsets(dtype: DType) -> impl Iterator<Item = (usize, usize, usize)> {
-    let fields = header_fields(dtype).expect("interleaved only for types with header fields");
-    fields.iter().scan(0, |offset, &size| {
-        let field = (*offset, GROUP * *offset, size);
-        *offset += size;
+/// Each field's chunks as (offset in a block, offset in a group block, chunk size, chunk
+/// count): chunk c of row r lies at the group offset + (c·GROUP + r)·size.
+fn field_chunks(dtype: DType) -> impl Iterator<Item = (usize, usize, usize, usize)> {
+    let fields = fields(dtype).expect("interleaved only for types with fields");
+    fields.iter().scan(0, |group_offset, &(offset, size)| {
+        let chunk = size.min(4);
+        let field = (offset, *group_offset, chunk, size / chunk);
+        *group_offset += GROUP * size;
         Some(field)
     })
-}
-
-fn header_bytes(dtype: DType) -> usize {
-    header_fields(dtype).map_or(0, |fields| fields.iter().sum())
 }
 
 /// Whole groups of rows (`row_bytes` each, row after row) interleaved into `out` (same length).
@@ -78,23 +81,18 @@ pub fn interleave_in_parallel(pool: &ThreadPool, dtype: DType, row_bytes: usize,
 
 /// `rows` (GROUP rows of one matrix, row after row) interleaved into `group` (same length).
 fn interleave_group(dtype: DType, rows: &[u8], group: &mut [u8]) {
-    let header = header_bytes(dtype);
     let block = dtype.type_size();
     assert_eq!(rows.len(), group.len());
     assert_eq!(rows.len() % (GROUP * block), 0, "{} bytes are not {GROUP} rows of whole blocks", rows.len());
     let row_bytes = rows.len() / GROUP;
     for (i, dst) in group.chunks_exact_mut(GROUP * block).enumerate() {
         let srcs: [&[u8]; GROUP] = std::array::from_fn(|r| &rows[r * row_bytes + i * block..][..block]);
-        let (headers, quants) = dst.split_at_mut(GROUP * header);
-        for (at_row, at_group, size) in field_offsets(dtype) {
-            for (r, src) in srcs.iter().enumerate() {
-                headers[at_group + r * size..][..size].copy_from_slice(&src[at_row..][..size]);
-            }
-        }
-        // Written in order: chunk c of row 0, of row 1, ...
-        for (c, out) in quants.chunks_exact_mut(4 * GROUP).enumerate() {
-            for (src, word) in srcs.iter().zip(out.chunks_exact_mut(4)) {
-                word.copy_from_slice(&src[header + 4 * c..][..4]);
+        for (at_row, at_group, size, count) in field_chunks(dtype) {
+            // Written in order: chunk c of row 0, of row 1, ...
+            for (c, out) in dst[at_group..][..GROUP * size * count].chunks_exact_mut(GROUP * size).enumerate() {
+                for (src, chunk) in srcs.iter().zip(out.chunks_exact_mut(size)) {
+                    chunk.copy_from_slice(&src[at_row + c * size..][..size]);
+                }
             }
         }
     }
@@ -103,24 +101,23 @@ fn interleave_group(dtype: DType, rows: &[u8], group: &mut [u8]) {
 /// Row `r` (< GROUP) of an interleaved `group`, blocks `blocks`, in the file's layout: into
 /// `out`, which must hold exactly those blocks.
 pub fn block_range_of_row(dtype: DType, group: &[u8], r: usize, blocks: Range<usize>, out: &mut [u8]) {
-    let header = header_bytes(dtype);
     let block = dtype.type_size();
     assert!(r < GROUP);
     assert_eq!(out.len(), blocks.len() * block);
     for (i, dst) in blocks.zip(out.chunks_exact_mut(block)) {
         let src = &group[i * GROUP * block..(i + 1) * GROUP * block];
-        for (at_row, at_group, size) in field_offsets(dtype) {
-            dst[at_row..][..size].copy_from_slice(&src[at_group + r * size..][..size]);
-        }
-        for (c, chunk) in dst[header..].chunks_exact_mut(4).enumerate() {
-            chunk.copy_from_slice(&src[GROUP * header + (c * GROUP + r) * 4..][..4]);
+        for (at_row, at_group, size, count) in field_chunks(dtype) {
+            for (c, chunk) in dst[at_row..][..size * count].chunks_exact_mut(size).enumerate() {
+                chunk.copy_from_slice(&src[at_group + (c * GROUP + r) * size..][..size]);
+            }
         }
     }
 }
 
 /// How one block of an interleaved group of `dtype` goes into the 8-bit prefill's panel,
-/// where a type has such a path: levels 4g..4g + 4 of row r at levels[g·32 + 4r..], and each
-/// row's scale and offset (those of the type's `unpack_levels`). The group's quant chunks
+/// where a type has such a path: of each 32 values j of the block, levels 4g..4g + 4 of row
+/// r at levels[j·256 + g·32 + 4r..], and its scale and offset (those of the type's
+/// `unpack_levels`) at [j·GROUP + r]. The group's quant chunks
 /// are whole 32-byte runs of the panel already, where a row-major matrix is unpacked row by
 /// row and scattered.
 pub fn panel_block(dtype: DType) -> Option<fn(block: &[u8], levels: &mut [u8], scales: &mut [f32], offsets: &mut [f32])> {
@@ -128,6 +125,7 @@ pub fn panel_block(dtype: DType) -> Option<fn(block: &[u8], levels: &mut [u8], s
         DType::Q4_0 => Some(q4_0_panel_block),
         DType::Q8_0 => Some(q8_0_panel_block),
         DType::Q5_0 => Some(q5_0_panel_block),
+        DType::Q4_K => Some(q4_k_panel_block),
         _ => None,
     }
 }
@@ -179,6 +177,36 @@ fn q8_0_panel_block(block: &[u8], levels: &mut [u8], scales: &mut [f32], offsets
     levels[..block.len() - HEADER].copy_from_slice(&block[HEADER..]);
 }
 
+/// Q4_K: the 8 rows' d, dmin and packed scales (three words), then 32 chunks: chunk 8p + c
+/// holds bytes 32p + 4c.. of every row, whose low nibbles are levels 4c.. of the 32 values
+/// 2p and high nibbles those of 2p + 1. Scales and offsets as `q4_k::unpack_levels`.
+fn q4_k_panel_block(block: &[u8], levels: &mut [u8], scales: &mut [f32], offsets: &mut [f32]) {
+    const HEADER: usize = 16 * GROUP;
+    const SUB_BLOCKS: usize = crate::quants::k_quants::QK_K / 32;
+    assert_eq!(block.len(), GROUP * crate::quants::k_quants::q4_k::BLOCK_BYTES);
+    for r in 0..GROUP {
+        // Row r's 16 header bytes as in the file: d, dmin, the three packed words.
+        let mut header = [0u8; 16];
+        header[..2].copy_from_slice(&block[2 * r..][..2]);
+        header[2..4].copy_from_slice(&block[2 * GROUP + 2 * r..][..2]);
+        for w in 0..3 {
+            header[4 + 4 * w..][..4].copy_from_slice(&block[4 * GROUP + 4 * (w * GROUP + r)..][..4]);
+        }
+        let (mut row_scales, mut row_offsets) = ([0f32; SUB_BLOCKS], [0f32; SUB_BLOCKS]);
+        crate::quants::k_quants::affine_k4_scales(&header, &mut row_scales, &mut row_offsets);
+        for j in 0..SUB_BLOCKS {
+            (scales[j * GROUP + r], offsets[j * GROUP + r]) = (row_scales[j], row_offsets[j]);
+        }
+    }
+    for (chunk, quants) in block[HEADER..].chunks_exact(32).enumerate() {
+        let (p, c) = (chunk / 8, chunk % 8);
+        for (i, &q) in quants.iter().enumerate() {
+            levels[2 * p * 256 + c * 32 + i] = q & 0x0f;
+            levels[(2 * p + 1) * 256 + c * 32 + i] = q >> 4;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,7 +215,11 @@ mod tests {
     /// that can be interleaved, whole rows and inner block ranges alike.
     #[test]
     fn interleaved_rows_come_back_exactly() {
-        for dtype in [DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q8_0] {
+        for dtype in [DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q8_0, DType::Q4_K, DType::Q6_K] {
+            let mut fields = fields(dtype).unwrap().to_vec();
+            fields.sort();
+            let end = fields.iter().try_fold(0, |end, &(offset, size)| (offset == end).then_some(end + size));
+            assert_eq!(end, Some(dtype.type_size()), "{dtype}: the fields {fields:?} do not tile the block");
             let n_blocks = 5;
             let row_bytes = n_blocks * dtype.type_size();
             let rows: Vec<u8> = (0..GROUP * row_bytes).map(|i| (i * 131 % 251) as u8).collect();

@@ -544,6 +544,142 @@ pub unsafe fn q6_k_q8_k(row: &[u8], act: &[u8]) -> f32 {
     hsum(acc)
 }
 
+/// Per 32-bit lane, the lane's byte `b` (< 4) in both i16 halves, as a byte shuffle: the low
+/// byte of each half (`high == false`, zero-extended by the 0x80 above it) or the high byte
+/// (`high`, for a sign-extending shift right by 8 after).
+#[inline(always)]
+unsafe fn lane_byte_in_halves(b: i32, high: bool) -> __m256i {
+    let at = |lane: i32| {
+        let byte = 4 * lane + b;
+        let half = if high { (byte << 8) | 0x80 } else { byte | 0x8000 };
+        half | (half << 16)
+    };
+    _mm256_setr_epi32(at(0), at(1), at(2), at(3), at(0), at(1), at(2), at(3))
+}
+
+/// Eight Q4_K rows interleaved (`cpu::interleave`) against Q8_K activations, lane r holding
+/// row r. A group block: the 8 rows' d, their dmin, their 12 packed scale bytes as three
+/// 32-byte words (lane r: row r's word), then 32 chunks of 32 bytes, chunk 8p + c holding bytes
+/// 32p + 4c.. of each row's qs (low nibbles: values 64p + 4c.., sub-block 2p; high: 64p + 32
+/// + 4c.., sub-block 2p + 1). The scales unpack lane-wise with ggml's three masks; each
+/// sub-block's 8 chunk products add up in i16 (≤ 8·2·15·127 = 30480) and take their 8 rows'
+/// scales in one `madd`, and the mins meet the activations' bsums the same way.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q4_kx8_q8_k(group: &[u8], act: &[u8]) -> [f32; 8] {
+    const GROUP_BLOCK: usize = 8 * q4_k::BLOCK_BYTES;
+    let n = blocks(group, GROUP_BLOCK, act, q8_k::BLOCK_BYTES);
+    let (low6, low4, low2) = (_mm256_set1_epi32(0x3f3f_3f3f), _mm256_set1_epi32(0x0f0f_0f0f), _mm256_set1_epi32(0x0303_0303));
+    let m4 = _mm256_set1_epi8(0x0f);
+    let byte_of_lane = [lane_byte_in_halves(0, false), lane_byte_in_halves(1, false), lane_byte_in_halves(2, false), lane_byte_in_halves(3, false)];
+    let mut acc = _mm256_setzero_ps();
+    let mut min_acc = _mm256_setzero_ps();
+    for i in 0..n {
+        let (w, a) = (group.as_ptr().add(i * GROUP_BLOCK), act.as_ptr().add(i * q8_k::BLOCK_BYTES));
+        prefetch_ahead(w, GROUP_BLOCK);
+        let (w0, w1, w2) = (load(w.add(32)), load(w.add(64)), load(w.add(96)));
+        let scales = [
+            _mm256_and_si256(w0, low6),
+            _mm256_or_si256(_mm256_and_si256(w2, low4), _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(w0, 6), low2), 4)),
+        ];
+        let mins = [
+            _mm256_and_si256(w1, low6),
+            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(w2, 4), low4), _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(w1, 6), low2), 4)),
+        ];
+        let sub_block = |words: &[__m256i; 2], j: usize| _mm256_shuffle_epi8(words[j / 4], byte_of_lane[j % 4]);
+        let mut sums = _mm256_setzero_si256();
+        let mut min_sums = _mm256_setzero_si256();
+        for p in 0..4 {
+            let (mut lo_sums, mut hi_sums) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+            for c in 0..8 {
+                let quants = load(w.add(128 + 32 * (8 * p + c)));
+                let lo = _mm256_and_si256(quants, m4);
+                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(quants), m4);
+                let q8 = a.add(Q8K_QS + 64 * p + 4 * c);
+                lo_sums = _mm256_add_epi16(lo_sums, _mm256_maddubs_epi16(lo, _mm256_set1_epi32(std::ptr::read_unaligned(q8 as *const i32))));
+                hi_sums = _mm256_add_epi16(hi_sums, _mm256_maddubs_epi16(hi, _mm256_set1_epi32(std::ptr::read_unaligned(q8.add(32) as *const i32))));
+            }
+            sums = _mm256_add_epi32(sums, _mm256_madd_epi16(lo_sums, sub_block(&scales, 2 * p)));
+            sums = _mm256_add_epi32(sums, _mm256_madd_epi16(hi_sums, sub_block(&scales, 2 * p + 1)));
+        }
+        for j in 0..8 {
+            // bsums 2j and 2j + 1 (the sub-block's two halves) against the min in both i16 halves.
+            let bsum_pair = _mm256_set1_epi32(std::ptr::read_unaligned(a.add(Q8K_BSUMS + 4 * j) as *const i32));
+            min_sums = _mm256_add_epi32(min_sums, _mm256_madd_epi16(sub_block(&mins, j), bsum_pair));
+        }
+        let da = _mm256_set1_ps(f32_at(a));
+        let d = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128(w as *const __m128i)), da);
+        let dmin = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128(w.add(16) as *const __m128i)), da);
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sums), acc);
+        min_acc = _mm256_fmadd_ps(dmin, _mm256_cvtepi32_ps(min_sums), min_acc);
+    }
+    let mut out = [0f32; 8];
+    _mm256_storeu_ps(out.as_mut_ptr(), _mm256_sub_ps(acc, min_acc));
+    out
+}
+
+/// Eight Q6_K rows interleaved against Q8_K activations, lane r holding row r. A group
+/// block: the 16 i8 scales as 4 words, ql as 32 chunks (chunk 16h + c: bytes 64h + 4c.. of each row, 16h + 8 + c: 64h + 32
+/// + 4c..), qh as 16 chunks (8h + c: bytes 32h + 4c..), the 8 rows' d. Levels are 6-bit unsigned (stored + 32): the −32 comes back through the
+/// activations' bsums, Σ scale·32·bsum per 16 values. Two chunk products add up in i16
+/// (≤ 2·2·63·127 = 32004) before their scales multiply in.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q6_kx8_q8_k(group: &[u8], act: &[u8]) -> [f32; 8] {
+    const GROUP_BLOCK: usize = 8 * q6_k::BLOCK_BYTES;
+    const SCALES: usize = 0;
+    const QL: usize = 8 * 16;
+    const QH: usize = QL + 8 * 128;
+    const D: usize = QH + 8 * 64;
+    let n = blocks(group, GROUP_BLOCK, act, q8_k::BLOCK_BYTES);
+    let (m4, top_bits) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(0x30));
+    let byte_of_lane = [lane_byte_in_halves(0, true), lane_byte_in_halves(1, true), lane_byte_in_halves(2, true), lane_byte_in_halves(3, true)];
+    let mut acc = _mm256_setzero_ps();
+    for i in 0..n {
+        let (w, a) = (group.as_ptr().add(i * GROUP_BLOCK), act.as_ptr().add(i * q8_k::BLOCK_BYTES));
+        prefetch_ahead(w, GROUP_BLOCK);
+        // Scale g of the 8 rows, sign-extended into both i16 halves of each lane: unpacked
+        // once into L1, where the sums below read them as memory operands.
+        let scales: [__m256i; 16] = std::array::from_fn(|g| _mm256_srai_epi16::<8>(_mm256_shuffle_epi8(load(w.add(SCALES + 32 * (g / 4))), byte_of_lane[g % 4])));
+        let scale = |g: usize| scales[g];
+        let mut sums = _mm256_setzero_si256();
+        let mut bias_sums = _mm256_setzero_si256();
+        for g in (0..16).step_by(2) {
+            // Σ scale·bsum over scales g and g + 1: the pair of scales against the pair of bsums.
+            let pair = _mm256_blend_epi16::<0b1010_1010>(scale(g), scale(g + 1));
+            let bsum_pair = _mm256_set1_epi32(std::ptr::read_unaligned(a.add(Q8K_BSUMS + 2 * g) as *const i32));
+            bias_sums = _mm256_add_epi32(bias_sums, _mm256_madd_epi16(pair, bsum_pair));
+        }
+        for h in 0..2 {
+            for c0 in (0..8).step_by(2) {
+                let mut quarter_sums = [_mm256_setzero_si256(); 4];
+                for c in c0..c0 + 2 {
+                    let low_a = load(w.add(QL + 32 * (16 * h + c)));
+                    let low_b = load(w.add(QL + 32 * (16 * h + 8 + c)));
+                    let high = load(w.add(QH + 32 * (8 * h + c)));
+                    let levels = [
+                        _mm256_or_si256(_mm256_and_si256(low_a, m4), _mm256_and_si256(_mm256_slli_epi16::<4>(high), top_bits)),
+                        _mm256_or_si256(_mm256_and_si256(low_b, m4), _mm256_and_si256(_mm256_slli_epi16::<2>(high), top_bits)),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(low_a), m4), _mm256_and_si256(high, top_bits)),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(low_b), m4), _mm256_and_si256(_mm256_srli_epi16::<2>(high), top_bits)),
+                    ];
+                    for (q, levels) in levels.into_iter().enumerate() {
+                        let q8 = _mm256_set1_epi32(std::ptr::read_unaligned(a.add(Q8K_QS + 128 * h + 32 * q + 4 * c) as *const i32));
+                        quarter_sums[q] = _mm256_add_epi16(quarter_sums[q], _mm256_maddubs_epi16(levels, q8));
+                    }
+                }
+                for (q, quarter_sums) in quarter_sums.into_iter().enumerate() {
+                    sums = _mm256_add_epi32(sums, _mm256_madd_epi16(quarter_sums, scale(8 * h + 2 * q + c0 / 4)));
+                }
+            }
+        }
+        let d = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128(w.add(D) as *const __m128i)), _mm256_set1_ps(f32_at(a)));
+        let biased = _mm256_sub_epi32(sums, _mm256_slli_epi32::<5>(bias_sums));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(biased), acc);
+    }
+    let mut out = [0f32; 8];
+    _mm256_storeu_ps(out.as_mut_ptr(), acc);
+    out
+}
+
 // ---- float weights against f32 activations
 
 /// Σ w·x for 16-bit float weights, `widen` turning 8 of them into 8 floats. Four

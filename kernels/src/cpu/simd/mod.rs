@@ -137,6 +137,10 @@ pub fn vec_dot_for(isa: Isa, dtype: DType) -> Option<VecDot> {
         (Isa::Avx2, DType::Q5_0) => Some(checked!(avx2::q5_0x8_q8_1, fn(&[u8], &[u8]) -> [f32; 8])),
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx2, DType::Q8_0) => Some(checked!(avx2::q8_0x8_q8_0, fn(&[u8], &[u8]) -> [f32; 8])),
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, DType::Q4_K) => Some(checked!(avx2::q4_kx8_q8_k, fn(&[u8], &[u8]) -> [f32; 8])),
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, DType::Q6_K) => Some(checked!(avx2::q6_kx8_q8_k, fn(&[u8], &[u8]) -> [f32; 8])),
         _ => None,
     };
     Some(VecDot { act_type: dtype.traits().vec_dot_type, dot, pair, group })
