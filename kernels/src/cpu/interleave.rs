@@ -134,7 +134,6 @@ pub fn block_range_of_row(dtype: DType, group: &[u8], r: usize, blocks: Range<us
 pub fn panel_block(dtype: DType) -> Option<fn(block: &[u8], levels: &mut [u8], scales: &mut [f32], offsets: &mut [f32])> {
     match dtype {
         DType::Q4_0 => Some(q4_0_panel_block),
-        DType::Q4_1 => Some(q4_1_panel_block),
         DType::Q8_0 => Some(q8_0_panel_block),
         DType::Q5_0 => Some(q5_0_panel_block),
         DType::Q4_K => Some(q4_k_panel_block),
@@ -142,29 +141,16 @@ pub fn panel_block(dtype: DType) -> Option<fn(block: &[u8], levels: &mut [u8], s
     }
 }
 
-/// Q4_0: scale d, offset −8d (the 8 rows' d first in the group block).
+/// Q4_0: chunk c holds bytes 4c.. of every row, whose low nibbles are levels 4c.. and high
+/// nibbles levels 16 + 4c..; scale d, offset −8d.
 fn q4_0_panel_block(block: &[u8], levels: &mut [u8], scales: &mut [f32], offsets: &mut [f32]) {
+    const HEADER: usize = 2 * GROUP;
     assert_eq!(block.len(), GROUP * crate::quants::q4_0::BLOCK_BYTES);
     for r in 0..GROUP {
         let d = crate::quants::f16_at(block, 2 * r);
         (scales[r], offsets[r]) = (d, -8.0 * d);
     }
-    nibble_levels(&block[2 * GROUP..], levels);
-}
-
-/// Q4_1: scale d, offset m (the 8 rows' d, then their m).
-fn q4_1_panel_block(block: &[u8], levels: &mut [u8], scales: &mut [f32], offsets: &mut [f32]) {
-    assert_eq!(block.len(), GROUP * crate::quants::q4_1::BLOCK_BYTES);
-    for r in 0..GROUP {
-        (scales[r], offsets[r]) = (crate::quants::f16_at(block, 2 * r), crate::quants::f16_at(block, 2 * GROUP + 2 * r));
-    }
-    nibble_levels(&block[4 * GROUP..], levels);
-}
-
-/// A 4-bit group block's 4 quant chunks into the panel: chunk c holds bytes 4c.. of every
-/// row, whose low nibbles are levels 4c.. and high nibbles levels 16 + 4c...
-fn nibble_levels(chunks: &[u8], levels: &mut [u8]) {
-    for (c, chunk) in chunks.chunks_exact(32).enumerate() {
+    for (c, chunk) in block[HEADER..].chunks_exact(32).enumerate() {
         for (i, &q) in chunk.iter().enumerate() {
             levels[c * 32 + i] = q & 0x0f;
             levels[(c + 4) * 32 + i] = q >> 4;

@@ -209,61 +209,47 @@ pub unsafe fn q5_1_q8_1_pair(row0: &[u8], row1: &[u8], act: &[u8]) -> [f32; 2] {
 }
 
 /// The end of a group block against a Q8_1 block: `sums` (lane r: row r's Σ level·a) scaled
-/// by the rows' f16 scales at `w` times the activation's d, and the rows' f16 offset
-/// multipliers at `offsets` (their scales again for Q4_0/Q5_0, Q4_1's m) times the
+/// by the rows' f16 scales at `w` times the activation's d, and the rows' scales times the
 /// activation's s gathered for the offset term.
 #[inline(always)]
-unsafe fn accumulate_group_block(w: *const u8, offsets: *const u8, a: *const u8, sums: __m256i, acc: &mut __m256, offset_acc: &mut __m256) {
+unsafe fn accumulate_group_block(w: *const u8, a: *const u8, sums: __m256i, acc: &mut __m256, offset_acc: &mut __m256) {
     let weight_scales = _mm256_cvtph_ps(_mm_loadu_si128(w as *const __m128i));
     let act_scales = f16_pair_at(a); // [da, s, 0, 0]
     let da = _mm256_broadcastss_ps(act_scales);
     let s = _mm256_broadcastss_ps(_mm_movehdup_ps(act_scales));
     *acc = _mm256_fmadd_ps(_mm256_mul_ps(weight_scales, da), _mm256_cvtepi32_ps(sums), *acc);
-    *offset_acc = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128(offsets as *const __m128i)), s, *offset_acc);
+    *offset_acc = _mm256_fmadd_ps(weight_scales, s, *offset_acc);
 }
 
-/// Eight rows of a 4-bit 32-block type interleaved (`cpu::interleave`) against Q8_1
-/// activations: lane r of every vector is row r. A block of the group is the 8 rows' header
-/// fields (f16 scales; Q4_1's m after them), then 4 chunks of 32 bytes holding bytes 4c..4c+4
-/// of each row: low nibbles are values 4c.., high nibbles 16 + 4c... Eight `maddubs` products
-/// (each pair ≤ 2·15·127) add up in i16 without overflow (≤ 30480), so a block costs one
-/// widening, one conversion and one fused multiply-add for all 8 rows. The weights are
-/// d·q + offset_factor·(the f16 at `offset_field`): Q4_0 −8·d, Q4_1 +m.
-#[inline(always)]
-unsafe fn nibbles_x8_q8_1(group: &[u8], act: &[u8], block_bytes: usize, offset_field: usize, offset_factor: f32) -> [f32; 8] {
-    let group_block = 8 * block_bytes;
-    let quants = 8 * (block_bytes - 16);
-    let n = blocks(group, group_block, act, q8_1::BLOCK_BYTES);
+/// Eight Q4_0 rows interleaved (`cpu::interleave`) against Q8_1 activations: lane r of every
+/// vector is row r. A block of the group is the 8 rows' f16 scales, then 4 chunks of 32 bytes
+/// holding bytes 4c..4c+4 of each row: low nibbles are values 4c.., high nibbles 16 + 4c...
+/// Eight `maddubs` products (each pair ≤ 2·15·127) add up in i16 without overflow (≤ 30480),
+/// so a block costs one widening, one conversion and one fused multiply-add for all 8 rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q4_0x8_q8_1(group: &[u8], act: &[u8]) -> [f32; 8] {
+    const GROUP_BLOCK: usize = 8 * q4_0::BLOCK_BYTES;
+    let n = blocks(group, GROUP_BLOCK, act, q8_1::BLOCK_BYTES);
     let low_nibbles = _mm256_set1_epi8(0x0f);
     let mut acc = _mm256_setzero_ps();
-    let mut offset_acc = _mm256_setzero_ps(); // Σ offset multiplier · s, s = d_a · Σ a
+    let mut offset_acc = _mm256_setzero_ps(); // Σ d_w · s, s = d_a · Σ a
     for i in 0..n {
-        let (w, a) = (group.as_ptr().add(i * group_block), act.as_ptr().add(i * q8_1::BLOCK_BYTES));
-        prefetch_ahead_by::<PREFETCH_AHEAD_FAST>(w, group_block);
+        let (w, a) = (group.as_ptr().add(i * GROUP_BLOCK), act.as_ptr().add(i * q8_1::BLOCK_BYTES));
+        prefetch_ahead_by::<PREFETCH_AHEAD_FAST>(w, GROUP_BLOCK);
         let mut sums = _mm256_setzero_si256();
         for c in 0..4 {
-            let quants = load(w.add(quants + 32 * c));
+            let quants = load(w.add(16 + 32 * c));
             let lo = _mm256_and_si256(quants, low_nibbles);
             let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(quants), low_nibbles);
             let a_lo = _mm256_set1_epi32(std::ptr::read_unaligned(a.add(4 + 4 * c) as *const i32));
             let a_hi = _mm256_set1_epi32(std::ptr::read_unaligned(a.add(4 + 16 + 4 * c) as *const i32));
             sums = _mm256_add_epi16(sums, _mm256_add_epi16(_mm256_maddubs_epi16(lo, a_lo), _mm256_maddubs_epi16(hi, a_hi)));
         }
-        accumulate_group_block(w, w.add(offset_field), a, _mm256_madd_epi16(sums, _mm256_set1_epi16(1)), &mut acc, &mut offset_acc);
+        accumulate_group_block(w, a, _mm256_madd_epi16(sums, _mm256_set1_epi16(1)), &mut acc, &mut offset_acc);
     }
     let mut out = [0f32; 8];
-    _mm256_storeu_ps(out.as_mut_ptr(), _mm256_fmadd_ps(offset_acc, _mm256_set1_ps(offset_factor), acc));
+    _mm256_storeu_ps(out.as_mut_ptr(), _mm256_fmadd_ps(offset_acc, _mm256_set1_ps(-8.0), acc));
     out
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q4_0x8_q8_1(group: &[u8], act: &[u8]) -> [f32; 8] {
-    nibbles_x8_q8_1(group, act, q4_0::BLOCK_BYTES, 0, -8.0)
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q4_1x8_q8_1(group: &[u8], act: &[u8]) -> [f32; 8] {
-    nibbles_x8_q8_1(group, act, q4_1::BLOCK_BYTES, 16, 1.0)
 }
 
 /// Nibbles at `qs` with the fifth bits of the little-endian u32 at `qh` on top.
@@ -343,7 +329,7 @@ pub unsafe fn q5_0x8_q8_1(group: &[u8], act: &[u8]) -> [f32; 8] {
             }
             sums = _mm256_add_epi32(sums, _mm256_madd_epi16(half_sums, _mm256_set1_epi16(1)));
         }
-        accumulate_group_block(w, w, a, sums, &mut acc, &mut offset_acc);
+        accumulate_group_block(w, a, sums, &mut acc, &mut offset_acc);
     }
     let mut out = [0f32; 8];
     _mm256_storeu_ps(out.as_mut_ptr(), _mm256_fmadd_ps(offset_acc, _mm256_set1_ps(-16.0), acc));
