@@ -315,7 +315,6 @@ impl Panel8 {
     /// Rows `cols` (≤ NR8) of `w`, values k0..k0 + kc, unpacked into the panel.
     fn fill(&mut self, w: &Matrix, row_bytes: usize, levels: AffineLevels, cols: Range<usize>, k0: usize, kc: usize) {
         let (block, type_size) = (w.dtype.block_size(), w.dtype.type_size());
-        let n_blocks = kc / 32;
         if let (Layout::Interleaved8, Some(panel_block)) = (w.layout, interleave::panel_block(w.dtype)) {
             // The group is the panel's 8 rows: its chunks unpack straight into place.
             let group = w.group(cols.start / GROUP, row_bytes);
@@ -331,6 +330,7 @@ impl Panel8 {
         self.levels[..kc * NR8].fill(0);
         self.scales.fill(0.0);
         self.offsets.fill(0.0);
+        let n_blocks = kc / 32;
         for (r, j) in cols.enumerate() {
             let bytes = w.row_blocks(j, k0 / block..(k0 + kc) / block, row_bytes, &mut self.gathered);
             for (i, weight_block) in bytes.chunks_exact(type_size).enumerate() {

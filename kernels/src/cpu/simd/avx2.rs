@@ -135,6 +135,13 @@ unsafe fn prefetch_ahead(p: *const u8, bytes: usize) {
     prefetch_ahead_by::<PREFETCH_AHEAD>(p, bytes)
 }
 
+/// The 4 bytes at `p` (activation levels, or two i16 sums) in every 32-bit lane: what a
+/// group kernel multiplies the same 4 bytes of 8 rows by.
+#[inline(always)]
+unsafe fn broadcast_4_bytes(p: *const u8) -> __m256i {
+    _mm256_set1_epi32(std::ptr::read_unaligned(p as *const i32))
+}
+
 /// Number of blocks, after checking that weights and activations describe the same length.
 fn blocks(row: &[u8], row_block: usize, act: &[u8], act_block: usize) -> usize {
     let n = row.len() / row_block;
@@ -241,8 +248,8 @@ pub unsafe fn q4_0x8_q8_1(group: &[u8], act: &[u8]) -> [f32; 8] {
             let quants = load(w.add(16 + 32 * c));
             let lo = _mm256_and_si256(quants, low_nibbles);
             let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(quants), low_nibbles);
-            let a_lo = _mm256_set1_epi32(std::ptr::read_unaligned(a.add(4 + 4 * c) as *const i32));
-            let a_hi = _mm256_set1_epi32(std::ptr::read_unaligned(a.add(4 + 16 + 4 * c) as *const i32));
+            let a_lo = broadcast_4_bytes(a.add(4 + 4 * c));
+            let a_hi = broadcast_4_bytes(a.add(4 + 16 + 4 * c));
             sums = _mm256_add_epi16(sums, _mm256_add_epi16(_mm256_maddubs_epi16(lo, a_lo), _mm256_maddubs_epi16(hi, a_hi)));
         }
         accumulate_group_block(w, a, _mm256_madd_epi16(sums, _mm256_set1_epi16(1)), &mut acc, &mut offset_acc);
@@ -323,8 +330,8 @@ pub unsafe fn q5_0x8_q8_1(group: &[u8], act: &[u8]) -> [f32; 8] {
                 let bits = _mm256_srlv_epi32(qh, _mm256_set1_epi32(4 * c as i32));
                 let lo = _mm256_or_si256(_mm256_and_si256(quants, low_nibbles), spread(bits, byte0));
                 let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(quants), low_nibbles), spread(bits, byte2));
-                let a_lo = _mm256_set1_epi32(std::ptr::read_unaligned(a.add(4 + 4 * c) as *const i32));
-                let a_hi = _mm256_set1_epi32(std::ptr::read_unaligned(a.add(4 + 16 + 4 * c) as *const i32));
+                let a_lo = broadcast_4_bytes(a.add(4 + 4 * c));
+                let a_hi = broadcast_4_bytes(a.add(4 + 16 + 4 * c));
                 half_sums = _mm256_add_epi16(half_sums, _mm256_add_epi16(_mm256_maddubs_epi16(lo, a_lo), _mm256_maddubs_epi16(hi, a_hi)));
             }
             sums = _mm256_add_epi32(sums, _mm256_madd_epi16(half_sums, _mm256_set1_epi16(1)));
@@ -351,7 +358,7 @@ pub unsafe fn q8_0x8_q8_0(group: &[u8], act: &[u8]) -> [f32; 8] {
         let mut sums = _mm256_setzero_si256();
         for c in 0..8 {
             let quants = load(w.add(16 + 32 * c));
-            let a = _mm256_set1_epi32(std::ptr::read_unaligned(a.add(2 + 4 * c) as *const i32));
+            let a = broadcast_4_bytes(a.add(2 + 4 * c));
             sums = _mm256_add_epi32(sums, dot_i8_i8(quants, a));
         }
         let weight_scales = _mm256_cvtph_ps(_mm_loadu_si128(w as *const __m128i));
@@ -606,15 +613,15 @@ pub unsafe fn q4_kx8_q8_k(group: &[u8], act: &[u8]) -> [f32; 8] {
                 let lo = _mm256_and_si256(quants, m4);
                 let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(quants), m4);
                 let q8 = a.add(Q8K_QS + 64 * p + 4 * c);
-                lo_sums = _mm256_add_epi16(lo_sums, _mm256_maddubs_epi16(lo, _mm256_set1_epi32(std::ptr::read_unaligned(q8 as *const i32))));
-                hi_sums = _mm256_add_epi16(hi_sums, _mm256_maddubs_epi16(hi, _mm256_set1_epi32(std::ptr::read_unaligned(q8.add(32) as *const i32))));
+                lo_sums = _mm256_add_epi16(lo_sums, _mm256_maddubs_epi16(lo, broadcast_4_bytes(q8)));
+                hi_sums = _mm256_add_epi16(hi_sums, _mm256_maddubs_epi16(hi, broadcast_4_bytes(q8.add(32))));
             }
             sums = _mm256_add_epi32(sums, _mm256_madd_epi16(lo_sums, sub_block(&scales, 2 * p)));
             sums = _mm256_add_epi32(sums, _mm256_madd_epi16(hi_sums, sub_block(&scales, 2 * p + 1)));
         }
         for j in 0..8 {
             // bsums 2j and 2j + 1 (the sub-block's two halves) against the min in both i16 halves.
-            let bsum_pair = _mm256_set1_epi32(std::ptr::read_unaligned(a.add(Q8K_BSUMS + 4 * j) as *const i32));
+            let bsum_pair = broadcast_4_bytes(a.add(Q8K_BSUMS + 4 * j));
             min_sums = _mm256_add_epi32(min_sums, _mm256_madd_epi16(sub_block(&mins, j), bsum_pair));
         }
         let da = _mm256_set1_ps(f32_at(a));
@@ -649,14 +656,13 @@ pub unsafe fn q6_kx8_q8_k(group: &[u8], act: &[u8]) -> [f32; 8] {
         prefetch_ahead_by::<PREFETCH_AHEAD_FAST>(w, GROUP_BLOCK);
         // Scale g of the 8 rows, sign-extended into both i16 halves of each lane: unpacked
         // once into L1, where the sums below read them as memory operands.
-        let scales: [__m256i; 16] = std::array::from_fn(|g| _mm256_srai_epi16::<8>(_mm256_shuffle_epi8(load(w.add(SCALES + 32 * (g / 4))), byte_of_lane[g % 4])));
-        let scale = |g: usize| scales[g];
+        let scale: [__m256i; 16] = std::array::from_fn(|g| _mm256_srai_epi16::<8>(_mm256_shuffle_epi8(load(w.add(SCALES + 32 * (g / 4))), byte_of_lane[g % 4])));
         let mut sums = _mm256_setzero_si256();
         let mut bias_sums = _mm256_setzero_si256();
         for g in (0..16).step_by(2) {
             // Σ scale·bsum over scales g and g + 1: the pair of scales against the pair of bsums.
-            let pair = _mm256_blend_epi16::<0b1010_1010>(scale(g), scale(g + 1));
-            let bsum_pair = _mm256_set1_epi32(std::ptr::read_unaligned(a.add(Q8K_BSUMS + 2 * g) as *const i32));
+            let pair = _mm256_blend_epi16::<0b1010_1010>(scale[g], scale[g + 1]);
+            let bsum_pair = broadcast_4_bytes(a.add(Q8K_BSUMS + 2 * g));
             bias_sums = _mm256_add_epi32(bias_sums, _mm256_madd_epi16(pair, bsum_pair));
         }
         for h in 0..2 {
@@ -673,12 +679,12 @@ pub unsafe fn q6_kx8_q8_k(group: &[u8], act: &[u8]) -> [f32; 8] {
                         _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(low_b), m4), _mm256_and_si256(_mm256_srli_epi16::<2>(high), top_bits)),
                     ];
                     for (q, levels) in levels.into_iter().enumerate() {
-                        let q8 = _mm256_set1_epi32(std::ptr::read_unaligned(a.add(Q8K_QS + 128 * h + 32 * q + 4 * c) as *const i32));
+                        let q8 = broadcast_4_bytes(a.add(Q8K_QS + 128 * h + 32 * q + 4 * c));
                         quarter_sums[q] = _mm256_add_epi16(quarter_sums[q], _mm256_maddubs_epi16(levels, q8));
                     }
                 }
                 for (q, quarter_sums) in quarter_sums.into_iter().enumerate() {
-                    sums = _mm256_add_epi32(sums, _mm256_madd_epi16(quarter_sums, scale(8 * h + 2 * q + c0 / 4)));
+                    sums = _mm256_add_epi32(sums, _mm256_madd_epi16(quarter_sums, scale[8 * h + 2 * q + c0 / 4]));
                 }
             }
         }
