@@ -2,6 +2,8 @@
 //! - `matvec_q8`: one token with 8-bit activations (decode's path), on a matrix that stays in
 //!   L2 (compute-bound) and one of 64 MiB of f32-equivalent that streams from memory;
 //! - `matmul_exact`: f32 activations, 1 token and 64 tokens (prefill's GEMM);
+//! - `matvec_exact_memory`: one token of f32 activations against float rows streamed from
+//!   memory (F16 and BF16 decode);
 //! - `matmul_8bit`: 64 tokens with 8-bit activations (prefill in run and bench), for the
 //!   types with integer levels, next to `matmul_exact` on the same shape;
 //! - `quantize_activations`: one 4096-wide row to each 8-bit activation type.
@@ -75,6 +77,23 @@ fn matmul_exact(c: &mut Criterion) {
     group.finish();
 }
 
+/// One token of f32 activations against a float matrix streamed from memory (F16 decode's
+/// path), rows as long as SmolLM2's.
+fn matvec_exact_memory(c: &mut Criterion) {
+    let (k, rows) = (576, 131072);
+    let pool = ThreadPool::new(1).unwrap();
+    let mut group = c.benchmark_group(format!("matvec_exact_memory_{k}x{rows}"));
+    for dtype in [DType::F16, DType::BF16, DType::F32] {
+        let w = weights(dtype, k, rows);
+        let matrix = Matrix { bytes: &w, dtype, k, rows, layout: Layout::Rows };
+        let x: Vec<f32> = (0..k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let mut out = vec![0f32; rows];
+        group.throughput(Throughput::Bytes(w.len() as u64));
+        group.bench_function(dtype.name(), |b| b.iter(|| cpu::matmul(&pool, &x, 1, matrix, None, &mut out)));
+    }
+    group.finish();
+}
+
 fn matmul_8bit(c: &mut Criterion) {
     let (k, rows, n_tokens) = (1536, 1536, 64);
     let pool = ThreadPool::new(1).unwrap();
@@ -103,5 +122,5 @@ fn quantize_activations(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, matvec_q8, matmul_exact, matmul_8bit, quantize_activations);
+criterion_group!(benches, matvec_q8, matmul_exact, matvec_exact_memory, matmul_8bit, quantize_activations);
 criterion_main!(benches);
