@@ -11,19 +11,21 @@ use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::plan::{plan, ArenaPlan};
 
-/// A weight as the kernels consume it: 2-D weights are views into the map, and matmuls read
-/// them interleaved instead where this CPU's decode kernel for their type takes 8 rows at
-/// once (`cpu::interleave`; the map's pages are then given back, and only an embedding
-/// table tied to the output reads its few rows from the map again). 1-D weights (norm
-/// scales, biases, rope factors) are dequantized to f32 once at load.
+/// A weight as the kernels consume it. Every matmul weight is repacked at load into one
+/// anonymous region ([`Repacked`]): interleaved where this CPU's decode kernel for its type
+/// takes 8 rows at once (`cpu::interleave`), copied as it is otherwise; the map's pages are
+/// then given back, and only an embedding table tied to the output reads its few rows from
+/// the map again. Other 2-D weights (embedding tables) are views into the map. 1-D weights
+/// (norm scales, biases, rope factors) are dequantized to f32 once at load.
 enum WeightData<'m> {
-    Matrix { mapped: &'m [u8], interleaved: Option<MmapMut>, dtype: DType, row_len: usize, rows: usize },
+    Matrix { mapped: &'m [u8], repacked: Option<(std::ops::Range<usize>, Layout)>, dtype: DType, row_len: usize, rows: usize },
     Vector(Vec<f32>),
 }
 
 pub struct Executor<'m> {
     graph: Graph,
     weights: Vec<WeightData<'m>>,
+    repacked: Repacked,
     plan: ArenaPlan,
     arena: Vec<f32>,
     /// Rows each activation holds in the current call.
@@ -57,6 +59,7 @@ impl<'m> Executor<'m> {
                 _ => None,
             })
             .collect();
+        let mut repacked_bytes = 0usize;
         let weights = graph
             .weights
             .iter()
@@ -69,17 +72,25 @@ impl<'m> Executor<'m> {
                     let mut v = vec![0f32; row_len];
                     (w.dtype.traits().to_f32)(bytes, &mut v);
                     WeightData::Vector(v)
-                } else if rows % interleave::GROUP == 0 && matmul_weights.contains(&WeightId(id)) && simd::vec_dot(w.dtype).is_some_and(|kernel| kernel.group.is_some()) {
-                    let row_bytes = w.dtype.row_bytes(row_len).expect("checked at load");
-                    let mut interleaved = repack_buffer(bytes.len())?;
-                    interleave::interleave_in_parallel(&pool, w.dtype, row_bytes, bytes, &mut interleaved);
-                    file.release_tensor(info, 0, bytes.len());
-                    WeightData::Matrix { mapped: bytes, interleaved: Some(interleaved), dtype: w.dtype, row_len, rows }
+                } else if matmul_weights.contains(&WeightId(id)) {
+                    let interleavable = rows % interleave::GROUP == 0 && simd::vec_dot(w.dtype).is_some_and(|kernel| kernel.group.is_some());
+                    let layout = if interleavable { Layout::Interleaved8 } else { Layout::Rows };
+                    let start = repacked_bytes.next_multiple_of(Repacked::ALIGN);
+                    repacked_bytes = start + bytes.len();
+                    WeightData::Matrix { mapped: bytes, repacked: Some((start..repacked_bytes, layout)), dtype: w.dtype, row_len, rows }
                 } else {
-                    WeightData::Matrix { mapped: bytes, interleaved: None, dtype: w.dtype, row_len, rows }
+                    WeightData::Matrix { mapped: bytes, repacked: None, dtype: w.dtype, row_len, rows }
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        let mut repacked = Repacked::new(repacked_bytes)?;
+        for (w, data) in graph.weights.iter().zip(&weights) {
+            if let WeightData::Matrix { mapped, repacked: Some((range, layout)), dtype, row_len, .. } = data {
+                repacked.fill(&pool, range.clone(), *layout, *dtype, *row_len, mapped);
+                let info = file.tensor(&w.name).expect("graph weights come from this file");
+                file.release_tensor(info, 0, mapped.len());
+            }
+        }
         let plan = plan(&graph, max_batch, max_logit_rows);
         log::debug!("scratch arena: {:.1} MiB for {} activations", plan.total as f64 * 4.0 / (1 << 20) as f64, plan.sizes.len());
         let quantized_bytes = weights
@@ -95,6 +106,7 @@ impl<'m> Executor<'m> {
             arena: vec![0f32; plan.total],
             rows: vec![0; graph.act_widths.len()],
             weights,
+            repacked,
             plan,
             graph,
             max_batch,
@@ -204,12 +216,12 @@ impl<'m> Executor<'m> {
             Op::MatMul { x, weight, bias, out } => {
                 let n = self.rows[x.0];
                 self.rows[out.0] = n;
-                let WeightData::Matrix { mapped, ref interleaved, dtype, row_len, rows } = self.weights[weight.0] else { unreachable!() };
+                let WeightData::Matrix { mapped, ref repacked, dtype, row_len, rows } = self.weights[weight.0] else { unreachable!() };
                 let (rx, ro) = (self.act_range(x), self.act_range(out));
                 let (src, dst) = split_disjoint(&mut self.arena, rx, ro);
                 let bias = bias.map(|b| vector(&self.weights, b));
-                let w = match interleaved {
-                    Some(bytes) => Matrix { bytes, dtype, k: row_len, rows, layout: Layout::Interleaved8 },
+                let w = match repacked {
+                    Some((range, layout)) => Matrix { bytes: &self.repacked.bytes()[range.clone()], dtype, k: row_len, rows, layout: *layout },
                     None => Matrix { bytes: mapped, dtype, k: row_len, rows, layout: Layout::Rows },
                 };
                 match simd::vec_dot(dtype).filter(|_| n == 1 && !self.exact) {
@@ -322,13 +334,47 @@ impl<'m> Executor<'m> {
     }
 }
 
-/// Memory for a weight repacked at load: anonymous pages, asked to be 2 MiB ones. Filling
-/// 4 KiB pages cost a fault and a clear each, which made repacking a 1.5 GB file take seconds.
-fn repack_buffer(len: usize) -> Result<MmapMut> {
-    let map = MmapMut::map_anon(len).map_err(|e| Error::Io(format!("{len} bytes for repacked weights"), e))?;
-    #[cfg(target_os = "linux")]
-    let _ = map.advise(memmap2::Advice::HugePage);
-    Ok(map)
+/// The matmul weights, repacked at load into anonymous memory. Anonymous pages stream
+/// faster than the file's page-cache pages: the same F16 rows decoded SmolLM2 7-10% faster
+/// from a copy than from the map on this machine (docs/PERFORMANCE.md), and the types
+/// without an interleaved layout are copied for that alone. One region, asked to be 2 MiB
+/// pages: filling 4 KiB pages cost a fault and a clear each, which made repacking a 1.5 GB
+/// file take seconds.
+struct Repacked {
+    map: Option<MmapMut>,
+    /// Where the region starts in `map`: the first 2 MiB boundary, where huge pages can be.
+    start: usize,
+    len: usize,
+}
+
+impl Repacked {
+    /// Each weight starts on a cache line.
+    const ALIGN: usize = 64;
+    const HUGE_PAGE: usize = 2 << 20;
+
+    fn new(len: usize) -> Result<Repacked> {
+        if len == 0 {
+            return Ok(Repacked { map: None, start: 0, len });
+        }
+        let mapped_len = len.checked_add(Self::HUGE_PAGE).ok_or_else(|| Error::Usage(format!("{len} bytes of repacked weights")))?;
+        let map = MmapMut::map_anon(mapped_len).map_err(|e| Error::Io(format!("{len} bytes for repacked weights"), e))?;
+        #[cfg(target_os = "linux")]
+        let _ = map.advise(memmap2::Advice::HugePage);
+        let start = map.as_ptr().align_offset(Self::HUGE_PAGE).min(Self::HUGE_PAGE);
+        Ok(Repacked { map: Some(map), start, len })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        self.map.as_ref().map_or(&[], |map| &map[self.start..][..self.len])
+    }
+
+    /// Writes the weight `source` (rows of `row_len` values of `dtype`) at `range`, in `layout`,
+    /// with the work split across the pool.
+    fn fill(&mut self, pool: &ThreadPool, range: std::ops::Range<usize>, layout: Layout, dtype: DType, row_len: usize, source: &[u8]) {
+        let map = self.map.as_mut().expect("a region for every repacked weight");
+        let out = &mut map[self.start..][range];
+        interleave::repack_in_parallel(pool, layout, dtype, dtype.row_bytes(row_len).expect("checked at load"), source, out);
+    }
 }
 
 fn vector<'a>(weights: &'a [WeightData], w: WeightId) -> &'a [f32] {

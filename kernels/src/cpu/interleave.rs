@@ -22,6 +22,7 @@
 
 use std::ops::Range;
 
+use super::matmul::Layout;
 use super::pool::{SharedMut, ThreadPool};
 use crate::dtype::DType;
 
@@ -64,18 +65,26 @@ pub fn interleave(dtype: DType, row_bytes: usize, rows: &[u8], out: &mut [u8]) {
     }
 }
 
-/// [`interleave`] with the groups split across the pool: what the loader runs (one pass
-/// over the tensor, which load time pays).
-pub fn interleave_in_parallel(pool: &ThreadPool, dtype: DType, row_bytes: usize, rows: &[u8], out: &mut [u8]) {
-    let group_bytes = GROUP * row_bytes;
+/// A matrix (`rows`, row after row, `row_bytes` each) written into `out` (same length) in
+/// `layout`, interleaved or copied as it is, with the rows split across the pool: what the
+/// loader runs (one pass over the weights, which load time pays).
+pub fn repack_in_parallel(pool: &ThreadPool, layout: Layout, dtype: DType, row_bytes: usize, rows: &[u8], out: &mut [u8]) {
+    let unit_bytes = match layout {
+        Layout::Interleaved8 => GROUP * row_bytes,
+        Layout::Rows => row_bytes,
+    };
     assert_eq!(rows.len(), out.len());
-    let n_groups = rows.len() / group_bytes;
+    assert_eq!(rows.len() % unit_bytes, 0, "{} bytes are not whole units of {unit_bytes}", rows.len());
+    let n_units = rows.len() / unit_bytes;
     let dst = SharedMut(out.as_mut_ptr());
-    pool.for_ranges(n_groups, n_groups.div_ceil(4 * pool.n_threads()), |groups| {
-        let bytes = groups.start * group_bytes..groups.end * group_bytes;
-        // SAFETY: these groups' bytes are written by this range alone, inside `out`.
+    pool.for_ranges(n_units, n_units.div_ceil(4 * pool.n_threads()), |units| {
+        let bytes = units.start * unit_bytes..units.end * unit_bytes;
+        // SAFETY: these units' bytes are written by this range alone, inside `out`.
         let out = unsafe { std::slice::from_raw_parts_mut(dst.at(bytes.start), bytes.len()) };
-        interleave(dtype, row_bytes, &rows[bytes], out);
+        match layout {
+            Layout::Interleaved8 => interleave(dtype, row_bytes, &rows[bytes], out),
+            Layout::Rows => out.copy_from_slice(&rows[bytes]),
+        }
     });
 }
 
@@ -245,6 +254,25 @@ mod tests {
                     assert_eq!(out, expected, "{dtype} row {r} blocks {blocks:?}");
                 }
             }
+        }
+    }
+
+    /// The loader's parallel pass writes what the one-thread forms do: the groups of
+    /// [`interleave`], or the rows unchanged.
+    #[test]
+    fn parallel_repacking_matches_the_serial_forms() {
+        let (dtype, row_bytes) = (DType::Q8_0, 3 * DType::Q8_0.type_size());
+        let rows: Vec<u8> = (0..5 * GROUP * row_bytes).map(|i| (i * 131 % 251) as u8).collect();
+        let mut serial = vec![0u8; rows.len()];
+        interleave(dtype, row_bytes, &rows, &mut serial);
+        for threads in [1, 3] {
+            let pool = ThreadPool::new(threads).unwrap();
+            let mut out = vec![0u8; rows.len()];
+            repack_in_parallel(&pool, Layout::Interleaved8, dtype, row_bytes, &rows, &mut out);
+            assert_eq!(out, serial, "interleaved, {threads} threads");
+            let mut out = vec![0u8; rows.len()];
+            repack_in_parallel(&pool, Layout::Rows, dtype, row_bytes, &rows, &mut out);
+            assert_eq!(out, rows, "rows, {threads} threads");
         }
     }
 }
