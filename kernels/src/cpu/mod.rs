@@ -9,7 +9,7 @@ pub mod interleave;
 mod matmul;
 mod norm;
 pub mod pool;
-mod rope;
+pub mod rope;
 pub mod simd;
 mod vec;
 
