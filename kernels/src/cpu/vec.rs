@@ -50,12 +50,7 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
         acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc[0]);
         i += 8;
     }
-    let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-    let hi = _mm256_extractf128_ps(sum, 1);
-    let quad = _mm_add_ps(_mm256_castps256_ps128(sum), hi);
-    let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
-    let single = _mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1));
-    let mut total = _mm_cvtss_f32(single);
+    let mut total = hsum8(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
     while i < n {
         total += *pa.add(i) * *pb.add(i);
         i += 1;
@@ -72,39 +67,139 @@ pub fn add(a: &[f32], b: &[f32], out: &mut [f32]) {
 }
 
 /// out[i] = silu(gate[i]) · up[i], silu(x) = x·σ(x): the SwiGLU of llama's feed-forward.
-/// Eight lanes at a time with `wide`'s portable vectors (SSE2 / NEON; its polynomial exp is
-/// within 2e-6 relative of the true value, about 16 f32 ulp), the tail with libm.
+/// AVX2 where `simd::isa()` chose it ([`exp8`]), else eight lanes at a time with `wide`'s
+/// portable vectors (SSE2 / NEON; its polynomial exp is within 2e-6 relative of the true
+/// value, about 16 f32 ulp); tails with libm.
 pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
     assert!(gate.len() == up.len() && gate.len() == out.len());
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::isa() == super::simd::Isa::Avx2 {
+        // SAFETY: `isa()` found AVX2 and FMA; the lengths are equal (asserted).
+        let done = unsafe { silu_mul_avx2(gate, up, out) };
+        return silu_mul_tail(&gate[done..], &up[done..], &mut out[done..]);
+    }
+    silu_mul_portable(gate, up, out)
+}
+
+/// `wide`'s exp with its input capped at 87: past about 87.3 it returns 0, which made
+/// silu(-100) come out as -100 (caught by `silu_mul_and_exp_match_libm`); and it takes NaN
+/// to 0, where NaN should stay NaN.
+fn portable_exp(x: f32x8) -> f32x8 {
+    x.is_nan().blend(x, x.fast_min(f32x8::splat(87.0)).exp())
+}
+
+fn silu_mul_portable(gate: &[f32], up: &[f32], out: &mut [f32]) {
     let (g8, u8, o8) = (gate.chunks_exact(8), up.chunks_exact(8), out.chunks_exact_mut(8));
-    let (g_tail, u_tail) = (g8.remainder(), u8.remainder());
     for ((o, g), u) in o8.zip(g8).zip(u8) {
         let g = f32x8::from(<[f32; 8]>::try_from(g).unwrap());
         let u = f32x8::from(<[f32; 8]>::try_from(u).unwrap());
-        o.copy_from_slice(&(g / (f32x8::ONE + (-g).exp()) * u).to_array());
+        o.copy_from_slice(&(g / (f32x8::ONE + portable_exp(-g)) * u).to_array());
     }
-    let done = gate.len() - g_tail.len();
-    for ((o, &g), &u) in out[done..].iter_mut().zip(g_tail).zip(u_tail) {
+    let done = gate.len() / 8 * 8;
+    silu_mul_tail(&gate[done..], &up[done..], &mut out[done..]);
+}
+
+fn silu_mul_tail(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
         *o = g / (1.0 + (-g).exp()) * u;
     }
 }
 
 /// x[i] = exp(x[i] - shift), returning Σ x[i] (the softmax numerator and denominator).
 pub fn exp_shifted(x: &mut [f32], shift: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::isa() == super::simd::Isa::Avx2 {
+        // SAFETY: `isa()` found AVX2 and FMA.
+        let (done, sum) = unsafe { exp_shifted_avx2(x, shift) };
+        return sum + exp_shifted_tail(&mut x[done..], shift);
+    }
+    exp_shifted_portable(x, shift)
+}
+
+fn exp_shifted_portable(x: &mut [f32], shift: f32) -> f32 {
     let mut sum8 = f32x8::ZERO;
     let shift8 = f32x8::splat(shift);
     let mut chunks = x.chunks_exact_mut(8);
     for c in &mut chunks {
-        let e = (f32x8::from(<[f32; 8]>::try_from(&*c).unwrap()) - shift8).exp();
+        let e = portable_exp(f32x8::from(<[f32; 8]>::try_from(&*c).unwrap()) - shift8);
         c.copy_from_slice(&e.to_array());
         sum8 += e;
     }
-    let mut sum = sum8.reduce_add();
-    for v in chunks.into_remainder() {
+    sum8.reduce_add() + exp_shifted_tail(chunks.into_remainder(), shift)
+}
+
+fn exp_shifted_tail(x: &mut [f32], shift: f32) -> f32 {
+    let mut sum = 0.0;
+    for v in x {
         *v = (*v - shift).exp();
         sum += *v;
     }
     sum
+}
+
+/// e^x in 8 lanes, Cephes' expf: x = n·ln 2 + r with ln 2 in two parts (exact first part,
+/// so r carries no rounding of n·ln 2), e^r by a degree-5 polynomial, 2^n put in the
+/// exponent bits. Within 2 ulp. x is clamped to [ln(FLT_MIN), 88], where 2^n stays a normal
+/// float (e^x of a lane below is then 1.2e-38, not 0); NaN stays NaN.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn exp8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    // max/min return their second operand when either is NaN: x.
+    let x = _mm256_min_ps(_mm256_set1_ps(88.0), _mm256_max_ps(_mm256_set1_ps(-87.336_55), x));
+    let n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E), _mm256_set1_ps(0.5)));
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+    let mut poly = _mm256_set1_ps(1.987_569_1e-4);
+    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.500_000_01] {
+        poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(c));
+    }
+    let e_r = _mm256_fmadd_ps(poly, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0)));
+    let two_to_n = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127))));
+    _mm256_mul_ps(e_r, two_to_n)
+}
+
+/// [`silu_mul`] over whole groups of 8; returns how many values it did.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn silu_mul_avx2(gate: &[f32], up: &[f32], out: &mut [f32]) -> usize {
+    use std::arch::x86_64::*;
+    let n = gate.len() / 8 * 8;
+    let one = _mm256_set1_ps(1.0);
+    for i in (0..n).step_by(8) {
+        let g = _mm256_loadu_ps(gate.as_ptr().add(i));
+        let sigmoid_denominator = _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), g)));
+        let silu = _mm256_div_ps(g, sigmoid_denominator);
+        _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(silu, _mm256_loadu_ps(up.as_ptr().add(i))));
+    }
+    n
+}
+
+/// [`exp_shifted`] over whole groups of 8; returns how many values it did and their sum.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp_shifted_avx2(x: &mut [f32], shift: f32) -> (usize, f32) {
+    use std::arch::x86_64::*;
+    let n = x.len() / 8 * 8;
+    let shift = _mm256_set1_ps(shift);
+    let mut sum = _mm256_setzero_ps();
+    for i in (0..n).step_by(8) {
+        let p = x.as_mut_ptr().add(i);
+        let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p), shift));
+        _mm256_storeu_ps(p, e);
+        sum = _mm256_add_ps(sum, e);
+    }
+    (n, hsum8(sum))
+}
+
+/// The sum of 8 lanes.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn hsum8(v: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+    _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)))
 }
 
 #[cfg(test)]
@@ -113,6 +208,13 @@ mod tests {
 
     #[test]
     fn silu_mul_and_exp_match_libm() {
+        // The dispatched forms (AVX2 here) and the portable ones.
+        for (silu_mul, exp_shifted) in [(silu_mul as fn(&[f32], &[f32], &mut [f32]), exp_shifted as fn(&mut [f32], f32) -> f32), (silu_mul_portable, exp_shifted_portable)] {
+            check_silu_mul_and_exp(silu_mul, exp_shifted);
+        }
+    }
+
+    fn check_silu_mul_and_exp(silu_mul: fn(&[f32], &[f32], &mut [f32]), exp_shifted: fn(&mut [f32], f32) -> f32) {
         let x: Vec<f32> = (0..1003).map(|i| (i as f32 - 500.0) / 20.0).collect();
         let up: Vec<f32> = (0..1003).map(|i| 1.0 + i as f32 / 1000.0).collect();
         let mut out = vec![0f32; x.len()];
@@ -129,6 +231,25 @@ mod tests {
             assert!((e[i] as f64 - exact).abs() <= 2e-6 * exact, "exp i={i}: {} vs {exact}", e[i]);
         }
         assert!((sum as f64 - exact_sum).abs() <= 1e-5 * exact_sum);
+
+        // Over the whole range where e^x is a normal float, past it, and NaN.
+        let x: Vec<f32> = (0..1740).map(|i| -87.0 + i as f32 * 0.1).collect();
+        let mut e = x.clone();
+        exp_shifted(&mut e, 0.0);
+        for (&x, &e) in x.iter().zip(&e) {
+            let exact = (x as f64).exp();
+            assert!((e as f64 - exact).abs() <= 2e-6 * exact, "exp({x}): {e} vs {exact}");
+        }
+        let mut edges = [-1000.0, 1000.0, f32::NAN, f32::NEG_INFINITY, 0.0, 0.0, 0.0, 0.0];
+        exp_shifted(&mut edges, 0.0);
+        assert!(edges[0] >= 0.0 && edges[0] < 1e-37, "e^-1000 = {}", edges[0]);
+        assert!(edges[1] > 1e37, "e^1000 = {}", edges[1]);
+        assert!(edges[2].is_nan(), "e^NaN = {}", edges[2]);
+        assert!(edges[3] >= 0.0 && edges[3] < 1e-37, "e^-inf = {}", edges[3]);
+        let (gate, up) = ([-1000.0f32, 1000.0, f32::NAN, 0.0, 3.0, -3.0, 20.0, -20.0], [2.0f32; 8]);
+        let mut out = [0f32; 8];
+        silu_mul(&gate, &up, &mut out);
+        assert!(out[0].abs() < 1e-30 && out[1] == 2000.0 && out[2].is_nan() && out[3] == 0.0, "silu at the edges: {out:?}");
     }
 
     #[test]
