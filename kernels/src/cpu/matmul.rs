@@ -109,6 +109,17 @@ pub fn matmul(pool: &ThreadPool, x: &[f32], n_tokens: usize, w: Matrix, bias: Op
     assert_eq!(x.len(), n_tokens * w.k);
     assert_eq!(out.len(), n_tokens * w.rows);
     let out = SharedMut(out.as_mut_ptr());
+    if let (1, Layout::Rows, Some(dot_rows)) = (n_tokens, w.layout, simd::dot_rows_f32(w.dtype)) {
+        pool.for_ranges(w.rows, grain(pool, w.rows), |rows| {
+            // SAFETY: these rows belong to this range alone, inside `out` (w.rows long).
+            let out = unsafe { std::slice::from_raw_parts_mut(out.at(rows.start), rows.len()) };
+            dot_rows(&w.bytes[rows.start * row_bytes..rows.end * row_bytes], x, out);
+            if let Some(bias) = bias {
+                out.iter_mut().zip(&bias[rows]).for_each(|(o, b)| *o += b);
+            }
+        });
+        return;
+    }
     if n_tokens == 1 {
         let dot = simd::dot_f32(w.dtype);
         pool.for_ranges(w.rows, grain(pool, w.rows), |rows| {

@@ -749,6 +749,31 @@ pub unsafe fn bf16_f32(row: &[u8], x: &[f32]) -> f32 {
     wide_dot(row, x, |h| widen_bf16(h), |h| f32::from_bits((h as u32) << 16))
 }
 
+/// [`wide_dot`] of each row of `rows` (`out.len()` rows of `x.len()` values) into `out`: one
+/// call for a run of rows, so decode pays no call per row (F16 decode reads ~200,000 rows a
+/// token on SmolLM2).
+#[inline(always)]
+unsafe fn wide_dots(rows: &[u8], x: &[f32], out: &mut [f32], widen: impl Fn(__m128i) -> __m256 + Copy, widen_one: impl Fn(u16) -> f32 + Copy) {
+    let row_bytes = 2 * x.len();
+    assert_eq!(rows.len(), row_bytes * out.len(), "16-bit float rows: {} bytes for {} rows of {}", rows.len(), out.len(), x.len());
+    if row_bytes == 0 {
+        return out.fill(0.0);
+    }
+    for (row, o) in rows.chunks_exact(row_bytes).zip(out) {
+        *o = wide_dot(row, x, widen, widen_one);
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn f16_rows_f32(rows: &[u8], x: &[f32], out: &mut [f32]) {
+    wide_dots(rows, x, out, |h| widen_f16(h), |h| half::f16::from_bits(h).to_f32())
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn bf16_rows_f32(rows: &[u8], x: &[f32], out: &mut [f32]) {
+    wide_dots(rows, x, out, |h| widen_bf16(h), |h| f32::from_bits((h as u32) << 16))
+}
+
 /// The 16-bit floats of `row` widened to f32: `widen` turns 8 of them into 8 floats.
 #[inline(always)]
 unsafe fn widen_row(row: &[u8], out: &mut [f32], widen: impl Fn(__m128i) -> __m256, widen_one: impl Fn(u16) -> f32) {
