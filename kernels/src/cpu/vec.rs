@@ -137,26 +137,34 @@ fn exp_shifted_tail(x: &mut [f32], shift: f32) -> f32 {
     sum
 }
 
-/// e^x in 8 lanes, Cephes' expf: x = n·ln 2 + r with ln 2 in two parts (exact first part,
-/// so r carries no rounding of n·ln 2), e^r by a degree-5 polynomial, 2^n put in the
-/// exponent bits. Within 2 ulp. x is clamped to [ln(FLT_MIN), 88], where 2^n stays a normal
-/// float (e^x of a lane below is then 1.2e-38, not 0); NaN stays NaN.
+/// e^x in 8 lanes, bit for bit what [`portable_exp`] computes (`wide`'s exp, Agner Fog's
+/// vectorclass algorithm, without fused multiply-adds as `wide` builds it for x86-64):
+/// x = r·ln 2 + t with ln 2 in two parts, e^t by a degree-5 polynomial (Estrin's scheme),
+/// 2^r put in the exponent bits. The same bits on every path, so the 8-bit decode's
+/// logits do not depend on which one ran (they move by the size of int8 rounding flips
+/// with any change of rounding, see tests/smollm2_reference.rs). x is capped at 87 (as in
+/// `portable_exp`); below -87.3 the result is 0, NaN stays NaN.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn exp8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
     use std::arch::x86_64::*;
-    // max/min return their second operand when either is NaN: x.
-    let x = _mm256_min_ps(_mm256_set1_ps(88.0), _mm256_max_ps(_mm256_set1_ps(-87.336_55), x));
-    let n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E), _mm256_set1_ps(0.5)));
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
-    let mut poly = _mm256_set1_ps(1.987_569_1e-4);
-    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.500_000_01] {
-        poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(c));
-    }
-    let e_r = _mm256_fmadd_ps(poly, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0)));
-    let two_to_n = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127))));
-    _mm256_mul_ps(e_r, two_to_n)
+    let (mul, add, sub, set) = (|a, b| _mm256_mul_ps(a, b), |a, b| _mm256_add_ps(a, b), |a, b| _mm256_sub_ps(a, b), |v: f32| _mm256_set1_ps(v));
+    // The cap keeps NaN: min returns its second operand, x, when either is NaN.
+    let capped = _mm256_min_ps(set(87.0), x);
+    let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(mul(capped, set(std::f32::consts::LOG2_E)));
+    let t = sub(capped, mul(r, set(0.693_359_375)));
+    let t = sub(t, mul(r, set(-2.121_944_4e-4)));
+    let (t2, t4) = (mul(t, t), mul(mul(t, t), mul(t, t)));
+    let (p0, p1, p2, p3, p4, p5) = (set(1.0 / 2.0), set(1.0 / 6.0), set(1.0 / 24.0), set(1.0 / 120.0), set(1.0 / 720.0), set(1.0 / 5040.0));
+    let poly = add(mul(add(mul(p3, t), p2), t2), add(mul(add(mul(p5, t), p4), t4), add(mul(p1, t), p0)));
+    let e_t = add(mul(poly, t2), t);
+    let two_to_r = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_castps_si256(add(r, set(127.0 + 8_388_608.0)))));
+    let e = mul(add(e_t, set(1.0)), two_to_r);
+    // Out of range (|x| >= 87.3, infinities) is 0, as in `wide`; the capped large x are not.
+    let in_range = _mm256_cmp_ps::<_CMP_LT_OQ>(_mm256_andnot_ps(set(-0.0), capped), set(87.3));
+    let e = _mm256_and_ps(in_range, e);
+    // NaN in, NaN out.
+    _mm256_blendv_ps(e, x, _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x))
 }
 
 /// [`silu_mul`] over whole groups of 8; returns how many values it did.
@@ -189,7 +197,11 @@ unsafe fn exp_shifted_avx2(x: &mut [f32], shift: f32) -> (usize, f32) {
         _mm256_storeu_ps(p, e);
         sum = _mm256_add_ps(sum, e);
     }
-    (n, hsum8(sum))
+    // Summed as `wide`'s reduce_add does on x86-64 (each half in order, then the halves),
+    // so the softmax denominator has the portable form's bits too.
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
+    (n, lanes[..4].iter().sum::<f32>() + lanes[4..].iter().sum::<f32>())
 }
 
 /// The sum of 8 lanes.
@@ -250,6 +262,30 @@ mod tests {
         let mut out = [0f32; 8];
         silu_mul(&gate, &up, &mut out);
         assert!(out[0].abs() < 1e-30 && out[1] == 2000.0 && out[2].is_nan() && out[3] == 0.0, "silu at the edges: {out:?}");
+    }
+
+    /// The AVX2 forms compute the portable forms' bits, so decode does not depend on which ran.
+    #[test]
+    fn dispatched_and_portable_forms_agree_bit_for_bit() {
+        let x: Vec<f32> = (0..20011).map(|i| (i as f32 - 10000.0) * 0.00937).chain([f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 87.0, 87.29, 87.31, -87.29, -87.31, 1e-30, -0.0]).collect();
+        let up: Vec<f32> = (0..x.len()).map(|i| 1.0 + (i % 7) as f32 / 3.0).collect();
+        let (mut fast, mut portable) = (vec![0f32; x.len()], vec![0f32; x.len()]);
+        silu_mul(&x, &up, &mut fast);
+        silu_mul_portable(&x, &up, &mut portable);
+        for i in 0..x.len() {
+            assert_eq!(fast[i].to_bits(), portable[i].to_bits(), "silu({}) · {}: {} vs {}", x[i], up[i], fast[i], portable[i]);
+        }
+        for shift in [0.0, 3.5] {
+            let (mut fast, mut portable) = (x.clone(), x.clone());
+            let (sum_fast, sum_portable) = (exp_shifted(&mut fast, shift), exp_shifted_portable(&mut portable, shift));
+            for i in 0..x.len() {
+                assert_eq!(fast[i].to_bits(), portable[i].to_bits(), "exp({} - {shift}): {} vs {}", x[i], fast[i], portable[i]);
+            }
+            assert!(sum_fast.is_nan() && sum_portable.is_nan(), "a NaN input makes the sum NaN on both forms");
+            let finite = &x[..20011];
+            let (mut fast, mut portable) = (finite.to_vec(), finite.to_vec());
+            assert_eq!(exp_shifted(&mut fast, shift).to_bits(), exp_shifted_portable(&mut portable, shift).to_bits(), "softmax denominators, shift {shift}");
+        }
     }
 
     #[test]
