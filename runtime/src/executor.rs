@@ -89,11 +89,17 @@ impl<'m> Executor<'m> {
             })
             .collect::<Result<Vec<_>>>()?;
         let mut repacked = Repacked::new(repacked_bytes)?;
+        // Progress every tenth of the weights, for files big enough to take seconds.
+        let (mut done, tenth) = (0usize, repacked_bytes / 10);
         for (w, data) in graph.weights.iter().zip(&weights) {
             if let WeightData::Matrix { mapped, repacked: Some((range, layout)), dtype, row_len, .. } = data {
                 repacked.fill(&pool, range.clone(), *layout, *dtype, *row_len, mapped);
                 let info = file.tensor(&w.name).expect("graph weights come from this file");
                 file.release_tensor(info, 0, mapped.len());
+                if repacked_bytes >= 1 << 30 && (done + mapped.len()) / tenth.max(1) > done / tenth.max(1) {
+                    log::info!("repacking weights: {} of {} MiB", (done + mapped.len()) >> 20, repacked_bytes >> 20);
+                }
+                done += mapped.len();
             }
         }
         let plan = plan(&graph, max_batch, max_logit_rows);
