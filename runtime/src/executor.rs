@@ -41,11 +41,17 @@ pub struct Executor<'m> {
     quantized_from: Option<(ActId, DType)>,
     exact: bool,
     quantized_batches: bool,
-    /// The (cos, sin) of every rotated pair at each position of the current batch, and the
-    /// positions (pos0, rows) and rotation they are for: computed at the first Rope op of a
-    /// step and shared by q and k of every layer (the f64 sines and powers, per op, were 3%
-    /// of a SmolLM2 prefill and 1.5% of a decode step).
-    rope_angles: (Option<(usize, usize, retort_models::graph::Rope)>, Vec<(f32, f32)>),
+    rope_angles: RopeAngles,
+}
+
+/// The (cos, sin) of every rotated pair at each position of the current batch: computed at
+/// the first Rope op of a step and shared by q and k of every layer (the f64 sines and
+/// powers, per op, were 3% of a SmolLM2 prefill and 1.5% of a decode step).
+#[derive(Default)]
+struct RopeAngles {
+    /// The positions (pos0, rows) and the rotation `table` holds.
+    computed_for: Option<(usize, usize, retort_models::graph::Rope)>,
+    table: Vec<(f32, f32)>,
 }
 
 impl<'m> Executor<'m> {
@@ -126,7 +132,7 @@ impl<'m> Executor<'m> {
             quantized_from: None,
             exact: false,
             quantized_batches: false,
-            rope_angles: (None, Vec::new()),
+            rope_angles: RopeAngles::default(),
         })
     }
 
@@ -260,7 +266,7 @@ impl<'m> Executor<'m> {
                 let half = rope.n_rot / 2;
                 let (width, n) = (self.graph.act_widths[x.0], self.rows[x.0]);
                 let computed_for = Some((pos0, n, rope.clone()));
-                if self.rope_angles.0 != computed_for {
+                if self.rope_angles.computed_for != computed_for {
                     let params = RopeParams {
                         style: rope.style,
                         head_dim: rope.head_dim,
@@ -269,14 +275,14 @@ impl<'m> Executor<'m> {
                         freq_scale: rope.freq_scale,
                         freq_factors: rope.freq_factors.map(|f| vector(&self.weights, f)),
                     };
-                    let table = &mut self.rope_angles.1;
+                    let table = &mut self.rope_angles.table;
                     table.resize(n * half, (0.0, 0.0));
                     for (t, angles) in table.chunks_exact_mut(half.max(1)).enumerate() {
                         cpu::rope::angles(pos0 + t, &params, angles);
                     }
-                    self.rope_angles.0 = computed_for;
+                    self.rope_angles.computed_for = computed_for;
                 }
-                let table = &self.rope_angles.1;
+                let table = &self.rope_angles.table;
                 let offset = self.plan.offsets[x.0];
                 self.pool.for_row_chunks(&mut self.arena[offset..offset + n * width], width, |t0, rows| {
                     for (t, row) in rows.chunks_exact_mut(width).enumerate() {

@@ -17,5 +17,5 @@ pub use attention::{attention, softmax, AttentionShape, KvRows};
 pub use matmul::{matmul, matmul_8bit, matvec_quantized, quantize_activations, Layout, Matrix};
 pub use norm::rms_norm;
 pub use pool::ThreadPool;
-pub use rope::{rope, RopeParams, RopeStyle};
+pub use rope::{RopeParams, RopeStyle};
 pub use vec::{add, dot, silu_mul};

@@ -51,16 +51,16 @@ pub fn rotate(x: &mut [f32], angles: &[(f32, f32)], style: RopeStyle, head_dim: 
     }
 }
 
-/// [`angles`] and [`rotate`] for one token at `pos`.
-pub fn rope(x: &mut [f32], pos: usize, p: &RopeParams) {
-    let mut cos_sin = vec![(0f32, 0f32); p.n_rot / 2];
-    angles(pos, p, &mut cos_sin);
-    rotate(x, &cos_sin, p.style, p.head_dim);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`angles`] and [`rotate`] for one token at `pos`.
+    fn rope(x: &mut [f32], pos: usize, p: &RopeParams) {
+        let mut cos_sin = vec![(0f32, 0f32); p.n_rot / 2];
+        angles(pos, p, &mut cos_sin);
+        rotate(x, &cos_sin, p.style, p.head_dim);
+    }
 
     #[test]
     fn rotation_preserves_pair_norms_and_position_zero_is_identity() {

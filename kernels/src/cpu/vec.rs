@@ -50,7 +50,7 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
         acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc[0]);
         i += 8;
     }
-    let mut total = hsum8(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    let mut total = super::simd::hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
     while i < n {
         total += *pa.add(i) * *pb.add(i);
         i += 1;
@@ -202,16 +202,6 @@ unsafe fn exp_shifted_avx2(x: &mut [f32], shift: f32) -> (usize, f32) {
     let mut lanes = [0f32; 8];
     _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
     (n, lanes[..4].iter().sum::<f32>() + lanes[4..].iter().sum::<f32>())
-}
-
-/// The sum of 8 lanes.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn hsum8(v: std::arch::x86_64::__m256) -> f32 {
-    use std::arch::x86_64::*;
-    let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
-    _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)))
 }
 
 #[cfg(test)]

@@ -54,8 +54,9 @@ unsafe fn f32_at(p: *const u8) -> f32 {
     f32::from_le_bytes([*p, *p.add(1), *p.add(2), *p.add(3)])
 }
 
+/// The sum of 8 lanes.
 #[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
+pub(in crate::cpu) unsafe fn hsum(v: __m256) -> f32 {
     let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
     _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)))

@@ -14,6 +14,8 @@ use crate::dtype::DType;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+pub(super) use avx2::hsum;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 
@@ -74,7 +76,7 @@ macro_rules! checked_pair {
     }};
 }
 
-/// Wraps a `target_feature` kernel of two arguments in a safe fn pointer of the given type.
+/// Wraps a `target_feature` kernel of two (or three) arguments in a safe fn pointer of the given type.
 /// Only used below, after `isa()` has found the features the kernel is compiled for.
 macro_rules! checked {
     ($kernel:path, fn($a:ty, $b:ty) $(-> $ret:ty)?) => {{
@@ -84,17 +86,12 @@ macro_rules! checked {
         }
         call as fn($a, $b) $(-> $ret)?
     }};
-}
-
-/// [`checked`] for the multi-row float kernels (rows, x, out).
-#[cfg(target_arch = "x86_64")]
-macro_rules! checked3 {
-    ($kernel:path) => {{
-        fn call(rows: &[u8], x: &[f32], out: &mut [f32]) {
+    ($kernel:path, fn($a:ty, $b:ty, $c:ty)) => {{
+        fn call(a: $a, b: $b, c: $c) {
             // SAFETY: handed out only when `isa()` detected this kernel's target features.
-            unsafe { $kernel(rows, x, out) }
+            unsafe { $kernel(a, b, c) }
         }
-        call as fn(&[u8], &[f32], &mut [f32])
+        call as fn($a, $b, $c)
     }};
 }
 
@@ -203,9 +200,9 @@ pub fn dot_f32_for(isa: Isa, dtype: DType) -> fn(&[u8], &[f32]) -> f32 {
 pub fn dot_rows_f32(dtype: DType) -> Option<fn(rows: &[u8], x: &[f32], out: &mut [f32])> {
     match (isa(), dtype) {
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, DType::F16) => Some(checked3!(avx2::f16_rows_f32)),
+        (Isa::Avx2, DType::F16) => Some(checked!(avx2::f16_rows_f32, fn(&[u8], &[f32], &mut [f32]))),
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, DType::BF16) => Some(checked3!(avx2::bf16_rows_f32)),
+        (Isa::Avx2, DType::BF16) => Some(checked!(avx2::bf16_rows_f32, fn(&[u8], &[f32], &mut [f32]))),
         _ => None,
     }
 }
