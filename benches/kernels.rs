@@ -4,6 +4,8 @@
 //! - `matmul_exact`: f32 activations, 1 token and 64 tokens (prefill's GEMM);
 //! - `matvec_exact_memory`: one token of f32 activations against float rows streamed from
 //!   memory (F16 and BF16 decode);
+//! - `matmul_prefill_f16`: a 512-token prompt through SmolLM2's matrix shapes in F16 (the
+//!   exact path's GEMM at full size); throughput in multiply-adds (elements/s x 2 = FLOP/s);
 //! - `matmul_8bit`: 64 tokens with 8-bit activations (prefill in run and bench), for the
 //!   types with integer levels, next to `matmul_exact` on the same shape;
 //! - `quantize_activations`: one 4096-wide row to each 8-bit activation type.
@@ -94,6 +96,22 @@ fn matvec_exact_memory(c: &mut Criterion) {
     group.finish();
 }
 
+fn matmul_prefill_f16(c: &mut Criterion) {
+    let n_tokens = 512;
+    let pool = ThreadPool::new(1).unwrap();
+    let mut group = c.benchmark_group("matmul_prefill_f16_512");
+    group.sample_size(10);
+    for (k, rows) in [(576, 576), (576, 1536), (1536, 576)] {
+        let w = weights(DType::F16, k, rows);
+        let matrix = Matrix { bytes: &w, dtype: DType::F16, k, rows, layout: Layout::Rows };
+        let x: Vec<f32> = (0..n_tokens * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let mut out = vec![0f32; n_tokens * rows];
+        group.throughput(Throughput::Elements((n_tokens * k * rows) as u64));
+        group.bench_function(format!("{k}x{rows}"), |b| b.iter(|| cpu::matmul(&pool, &x, n_tokens, matrix, None, &mut out)));
+    }
+    group.finish();
+}
+
 fn matmul_8bit(c: &mut Criterion) {
     let (k, rows, n_tokens) = (1536, 1536, 64);
     let pool = ThreadPool::new(1).unwrap();
@@ -122,5 +140,5 @@ fn quantize_activations(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, matvec_q8, matmul_exact, matvec_exact_memory, matmul_8bit, quantize_activations);
+criterion_group!(benches, matvec_q8, matmul_exact, matvec_exact_memory, matmul_prefill_f16, matmul_8bit, quantize_activations);
 criterion_main!(benches);

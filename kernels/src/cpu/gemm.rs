@@ -58,17 +58,151 @@ pub unsafe fn tile(mr: usize, kc: usize, tokens: Tokens, panel: &[f32], ldp: usi
     tile_scalar(mr, kc, tokens, panel, ldp, out, ldo, accumulate);
 }
 
+/// Tiles of `n_tokens` packed tokens against one full panel: block b of MR tokens (packed by
+/// [`pack_tokens`]) at x[b·block_stride..], token t's outputs at out[t·ldo..][..NR]. One call
+/// per panel and chunk of tokens rather than one per tile keeps the checks out of the loop.
+///
+/// # Safety
+/// As [`tile`], for every t < n_tokens.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn tiles_along_tokens(n_tokens: usize, kc: usize, x: &[f32], block_stride: usize, panel: &[f32], ldp: usize, out: *mut f32, ldo: usize, accumulate: bool) {
+    let n_blocks = n_tokens.div_ceil(MR);
+    assert!(n_blocks >= 1 && block_stride >= kc * MR && x.len() >= (n_blocks - 1) * block_stride + kc * MR);
+    assert!(kc >= 1 && ldp >= NR && panel.len() >= (kc - 1) * ldp + NR);
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::isa() == super::simd::Isa::Avx2 {
+        let full = n_tokens / MR;
+        for b in 0..full {
+            tile_avx2::<MR, true>(kc, x.as_ptr().add(b * block_stride), MR, panel.as_ptr(), ldp, out.add(b * MR * ldo), ldo, accumulate);
+        }
+        if full < n_blocks {
+            let rest = Tokens::Packed(&x[full * block_stride..]);
+            tile(n_tokens - full * MR, kc, rest, panel, ldp, out.add(full * MR * ldo), ldo, accumulate);
+        }
+        return;
+    }
+    for b in 0..n_blocks {
+        let mr = MR.min(n_tokens - b * MR);
+        tile_scalar(mr, kc, Tokens::Packed(&x[b * block_stride..]), panel, ldp, out.add(b * MR * ldo), ldo, accumulate);
+    }
+}
+
+/// The panel a tile reads from `n_rows` ≤ NR rows of f32 (row c's element i at
+/// rows[c·ld + i]): panel[i·NR + c] for i < kc, the columns of missing rows zero.
+pub fn pack_panel(rows: &[f32], ld: usize, n_rows: usize, kc: usize, panel: &mut [f32]) {
+    assert!(n_rows <= NR && ld >= kc && panel.len() >= kc * NR);
+    assert!(n_rows == 0 || rows.len() >= (n_rows - 1) * ld + kc);
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if n_rows == NR && super::simd::isa() == super::simd::Isa::Avx2 {
+        done = kc / 8 * 8;
+        // SAFETY: AVX2 is present; the reads stay inside the NR rows of `kc` and the writes
+        // inside panel[..kc·NR] (both checked above).
+        unsafe { pack_panel_avx2(rows.as_ptr(), ld, done, panel.as_mut_ptr()) };
+    }
+    for i in done..kc {
+        let slot = &mut panel[i * NR..(i + 1) * NR];
+        for (c, v) in slot.iter_mut().enumerate() {
+            *v = if c < n_rows { rows[c * ld + i] } else { 0.0 };
+        }
+    }
+}
+
+/// [`pack_panel`] of NR rows and `kc` (a multiple of 8) values: 8×8 blocks transposed in
+/// registers, where the scalar form writes one value at a time a panel row apart.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn pack_panel_avx2(rows: *const f32, ld: usize, kc: usize, panel: *mut f32) {
+    use std::arch::x86_64::*;
+    for i0 in (0..kc).step_by(8) {
+        for half in 0..NR / 8 {
+            let mut r = [_mm256_setzero_ps(); 8];
+            for (c, r) in r.iter_mut().enumerate() {
+                *r = _mm256_loadu_ps(rows.add((half * 8 + c) * ld + i0));
+            }
+            let columns = transpose_8x8(r);
+            for (j, column) in columns.into_iter().enumerate() {
+                _mm256_storeu_ps(panel.add((i0 + j) * NR + half * 8), column);
+            }
+        }
+    }
+}
+
+/// Eight rows of eight values in, their eight columns out.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn transpose_8x8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::__m256; 8] {
+    use std::arch::x86_64::*;
+    let t = [
+        _mm256_unpacklo_ps(r[0], r[1]),
+        _mm256_unpackhi_ps(r[0], r[1]),
+        _mm256_unpacklo_ps(r[2], r[3]),
+        _mm256_unpackhi_ps(r[2], r[3]),
+        _mm256_unpacklo_ps(r[4], r[5]),
+        _mm256_unpackhi_ps(r[4], r[5]),
+        _mm256_unpacklo_ps(r[6], r[7]),
+        _mm256_unpackhi_ps(r[6], r[7]),
+    ];
+    // s[j] holds column j (rows 0-3) in its lower 128 bits and column j + 4 in its upper;
+    // s[j + 4] the same for rows 4-7.
+    let s = [
+        _mm256_shuffle_ps::<0x44>(t[0], t[2]),
+        _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
+        _mm256_shuffle_ps::<0x44>(t[1], t[3]),
+        _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
+        _mm256_shuffle_ps::<0x44>(t[4], t[6]),
+        _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
+        _mm256_shuffle_ps::<0x44>(t[5], t[7]),
+        _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
+    ];
+    [
+        _mm256_permute2f128_ps::<0x20>(s[0], s[4]),
+        _mm256_permute2f128_ps::<0x20>(s[1], s[5]),
+        _mm256_permute2f128_ps::<0x20>(s[2], s[6]),
+        _mm256_permute2f128_ps::<0x20>(s[3], s[7]),
+        _mm256_permute2f128_ps::<0x31>(s[0], s[4]),
+        _mm256_permute2f128_ps::<0x31>(s[1], s[5]),
+        _mm256_permute2f128_ps::<0x31>(s[2], s[6]),
+        _mm256_permute2f128_ps::<0x31>(s[3], s[7]),
+    ]
+}
+
 /// Tokens t0.. (n of them, zero past the end) of the n_tokens × k row-major `x`, packed for
 /// [`Tokens::Packed`]: out[i·MR + t] = x[(t0 + t)·k + i].
 pub fn pack_tokens(x: &[f32], k: usize, t0: usize, out: &mut [f32]) {
     let n = (x.len() / k).saturating_sub(t0).min(MR);
     let out = &mut out[..k * MR];
-    if n < MR {
-        out.fill(0.0);
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if n == MR && super::simd::isa() == super::simd::Isa::Avx2 {
+        // Eight values of each token at a time, while a ninth follows: the column stores are
+        // eight wide and each overlaps the next by two, the last ending inside `out`.
+        done = k.saturating_sub(1) / 8 * 8;
+        // SAFETY: AVX2 is present; rows t0..t0 + MR of x hold k values each and the stores
+        // end at (done - 1)·MR + 8 ≤ k·MR.
+        unsafe { pack_tokens_avx2(x[t0 * k..].as_ptr(), k, done, out.as_mut_ptr()) };
     }
-    for (t, row) in x[t0 * k..].chunks_exact(k).take(n).enumerate() {
-        for (slot, &v) in out.chunks_exact_mut(MR).zip(row) {
-            slot[t] = v;
+    for (slot, i) in out[done * MR..].chunks_exact_mut(MR).zip(done..) {
+        for (t, v) in slot.iter_mut().enumerate() {
+            *v = if t < n { x[(t0 + t) * k + i] } else { 0.0 };
+        }
+    }
+}
+
+/// [`pack_tokens`] of a full block of MR rows, values 0..`kc` (a multiple of 8).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn pack_tokens_avx2(x: *const f32, k: usize, kc: usize, out: *mut f32) {
+    use std::arch::x86_64::*;
+    for i0 in (0..kc).step_by(8) {
+        let mut r = [_mm256_setzero_ps(); 8];
+        for (t, r) in r.iter_mut().take(MR).enumerate() {
+            *r = _mm256_loadu_ps(x.add(t * k + i0));
+        }
+        let columns = transpose_8x8(r);
+        for (j, column) in columns.into_iter().enumerate() {
+            _mm256_storeu_ps(out.add((i0 + j) * MR), column);
         }
     }
 }
@@ -161,6 +295,70 @@ mod tests {
                             assert_eq!(from_packed[i], fast[i], "packed tokens, mr={mr} accumulate={accumulate} t={t} c={c}");
                         }
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn packing_puts_every_value_where_the_tile_reads_it() {
+        for k in [1, 7, 8, 9, 16, 17, 64, 70] {
+            for n_tokens in [1, 5, 6, 7, 12, 13] {
+                let x: Vec<f32> = (0..n_tokens * k).map(|i| i as f32 + 0.5).collect();
+                for t0 in (0..n_tokens).step_by(MR) {
+                    let mut out = vec![f32::NAN; k * MR];
+                    pack_tokens(&x, k, t0, &mut out);
+                    for i in 0..k {
+                        for t in 0..MR {
+                            let want = if t0 + t < n_tokens { x[(t0 + t) * k + i] } else { 0.0 };
+                            assert_eq!(out[i * MR + t], want, "tokens: k={k} n_tokens={n_tokens} t0={t0} i={i} t={t}");
+                        }
+                    }
+                }
+            }
+        }
+        for kc in [1, 8, 13, 64] {
+            let ld = kc + 3;
+            let rows: Vec<f32> = (0..NR * ld).map(|i| i as f32 - 7.25).collect();
+            for n_rows in 0..=NR {
+                let mut panel = vec![f32::NAN; kc * NR];
+                pack_panel(&rows[..n_rows.max(1) * ld], ld, n_rows, kc, &mut panel);
+                for i in 0..kc {
+                    for c in 0..NR {
+                        let want = if c < n_rows { rows[c * ld + i] } else { 0.0 };
+                        assert_eq!(panel[i * NR + c], want, "panel: kc={kc} n_rows={n_rows} i={i} c={c}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tiles_along_tokens_match_one_tile_at_a_time() {
+        let kc = 40;
+        let panel: Vec<f32> = (0..kc * NR).map(|i| ((i * 104729) % 97) as f32 / 40.0 - 1.2).collect();
+        for n_tokens in [1, 5, 6, 7, 12, 20] {
+            let x: Vec<f32> = (0..n_tokens * kc).map(|i| ((i * 7919) % 113) as f32 / 50.0 - 1.0).collect();
+            let n_blocks = n_tokens.div_ceil(MR);
+            // Blocks a stride of kc·MR + 5 apart, as blocks of a longer k would be.
+            let stride = kc * MR + 5;
+            let mut packed = vec![0f32; n_blocks * stride];
+            for b in 0..n_blocks {
+                pack_tokens(&x, kc, b * MR, &mut packed[b * stride..]);
+            }
+            for accumulate in [false, true] {
+                let start: Vec<f32> = (0..n_tokens * NR).map(|i| (i % 5) as f32).collect();
+                let (mut along, mut single) = (start.clone(), start.clone());
+                // SAFETY: n_tokens rows of NR outputs.
+                unsafe {
+                    tiles_along_tokens(n_tokens, kc, &packed, stride, &panel, NR, along.as_mut_ptr(), NR, accumulate);
+                    for b in 0..n_blocks {
+                        let mr = MR.min(n_tokens - b * MR);
+                        tile_scalar(mr, kc, Tokens::Packed(&packed[b * stride..]), &panel, NR, single.as_mut_ptr().add(b * MR * NR), NR, accumulate);
+                    }
+                }
+                for (i, (a, s)) in along.iter().zip(&single).enumerate() {
+                    assert!((a - s).abs() < 1e-4, "n_tokens={n_tokens} accumulate={accumulate} at {i}: {a} vs {s}");
                 }
             }
         }

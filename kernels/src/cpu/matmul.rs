@@ -13,7 +13,7 @@
 
 use std::ops::Range;
 
-use super::gemm::{pack_tokens, tile, Tokens as TileTokens, MR, NR};
+use super::gemm::{pack_panel, pack_tokens, tile, tiles_along_tokens, Tokens as TileTokens, MR, NR};
 use super::gemm_i8::{tile_i8, Tokens, MR8, NR8};
 use super::interleave::{self, GROUP};
 use super::pool::{SharedMut, ThreadPool};
@@ -131,22 +131,44 @@ pub fn matmul(pool: &ThreadPool, x: &[f32], n_tokens: usize, w: Matrix, bias: Op
         });
         return;
     }
-    let packed = pack_all_tokens(pool, x, n_tokens, w.k);
-    let n_panels = w.rows.div_ceil(NR);
-    pool.for_ranges(n_panels, 1, |panels| {
-        for p in panels {
-            let cols = p * NR..((p + 1) * NR).min(w.rows);
-            panel_times_tokens(&packed, n_tokens, w, row_bytes, cols, bias, out);
-        }
+    PACKED_TOKENS.with(|packed| {
+        let mut packed = packed.borrow_mut();
+        pack_all_tokens(pool, x, n_tokens, w.k, &mut packed);
+        let packed: &[f32] = &packed;
+        let n_panels = w.rows.div_ceil(NR);
+        pool.for_ranges(n_panels, panels_per_task(n_panels, pool.n_threads()), |panels| {
+            PANELS.with(|scratch| panels_times_tokens(packed, n_tokens, w, row_bytes, panels, bias, out, &mut scratch.borrow_mut()));
+        });
     });
+}
+
+/// Panels multiplied together per task, at most: their slices of k (16 KiB each) stay in L2
+/// next to a chunk of tokens, which each panel of the task then reads from L2.
+const TASK_PANELS: usize = 8;
+/// Blocks of MR tokens per chunk: 96 tokens, a 96 KiB slice of them.
+const CHUNK_BLOCKS: usize = 16;
+
+/// Panels per handed-out range: as many as fit [`TASK_PANELS`], in a count of ranges that is
+/// a multiple of the threads so that none waits for another's last range.
+fn panels_per_task(n_panels: usize, n_threads: usize) -> usize {
+    let rounds = n_panels.div_ceil(n_threads * TASK_PANELS);
+    n_panels.div_ceil(n_threads * rounds)
+}
+
+thread_local! {
+    /// The calling thread's packed tokens, and each thread's dequantized rows and packed
+    /// panels, kept between matmuls: fresh buffers of megabytes would be zeroed every time.
+    static PACKED_TOKENS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static PANELS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Every block of MR tokens of `x` packed as the tile reads them ([`pack_tokens`]): block b's
 /// element i of token t at [(b·k + i)·MR + t]. The tile then streams one buffer, where rows
 /// of x would be MR strided streams, each far from the next.
-fn pack_all_tokens(pool: &ThreadPool, x: &[f32], n_tokens: usize, k: usize) -> Vec<f32> {
+fn pack_all_tokens(pool: &ThreadPool, x: &[f32], n_tokens: usize, k: usize, packed: &mut Vec<f32>) {
     let n_blocks = n_tokens.div_ceil(MR);
-    let mut packed = vec![0f32; n_blocks * k * MR];
+    // Every value is written below (zeros past the last token), so old contents may stay.
+    packed.resize(n_blocks * k * MR, 0.0);
     let dst = SharedMut(packed.as_mut_ptr());
     pool.for_ranges(n_blocks, 1, |blocks| {
         for b in blocks {
@@ -155,44 +177,55 @@ fn pack_all_tokens(pool: &ThreadPool, x: &[f32], n_tokens: usize, k: usize) -> V
             pack_tokens(x, k, b * MR, block);
         }
     });
-    packed
 }
 
-/// The output columns `cols` (≤ NR weight rows) for every token.
-fn panel_times_tokens(packed: &[f32], n_tokens: usize, w: Matrix, row_bytes: usize, cols: Range<usize>, bias: Option<&[f32]>, out: SharedMut<f32>) {
+/// The output columns of `panels` (NR weight rows each, the matrix's last panel maybe
+/// fewer) for every token. Each slice of k of the panels is dequantized and packed once, then
+/// the tokens go past in chunks, each chunk meeting every panel while it is in L2.
+#[allow(clippy::too_many_arguments)]
+fn panels_times_tokens(packed: &[f32], n_tokens: usize, w: Matrix, row_bytes: usize, panels: Range<usize>, bias: Option<&[f32]>, out: SharedMut<f32>, scratch: &mut Vec<f32>) {
     let k = w.k;
     let block = w.dtype.block_size();
     let to_f32 = simd::to_f32(w.dtype);
-    let mut panel = [0f32; KC * NR];
-    let mut row_values = [0f32; KC];
     let mut buf = [0u8; GATHER_BYTES];
+    scratch.resize((panels.len() + 1) * KC * NR, 0.0);
+    let (rows_f32, packed_panels) = scratch.split_at_mut(KC * NR);
+    let cols_of = |p: usize| p * NR..((p + 1) * NR).min(w.rows);
     for k0 in (0..k).step_by(KC) {
         let kc = KC.min(k - k0);
-        // Interleave the rows' dequantized slices; rows past the matrix stay zero.
-        panel[..kc * NR].fill(0.0);
-        for (c, j) in cols.clone().enumerate() {
-            to_f32(w.row_blocks(j, k0 / block..(k0 + kc) / block, row_bytes, &mut buf), &mut row_values[..kc]);
-            for (i, &v) in row_values[..kc].iter().enumerate() {
-                panel[i * NR + c] = v;
+        for (p, panel) in panels.clone().zip(packed_panels.chunks_exact_mut(KC * NR)) {
+            let cols = cols_of(p);
+            for (c, j) in cols.clone().enumerate() {
+                to_f32(w.row_blocks(j, k0 / block..(k0 + kc) / block, row_bytes, &mut buf), &mut rows_f32[c * KC..][..kc]);
             }
+            pack_panel(rows_f32, KC, cols.len(), kc, &mut panel[..kc * NR]);
         }
-        for t0 in (0..n_tokens).step_by(MR) {
-            let mr = MR.min(n_tokens - t0);
-            let x = TileTokens::Packed(&packed[(t0 / MR * k + k0) * MR..]);
-            if cols.len() == NR {
-                // SAFETY: the tile covers tokens t0..t0 + mr and this panel's NR columns,
-                // inside the n_tokens × rows output, and no other thread writes this panel.
-                unsafe { tile(mr, kc, x, &panel, NR, out.at(t0 * w.rows + cols.start), w.rows, k0 > 0) };
-            } else {
+        for t0 in (0..n_tokens).step_by(CHUNK_BLOCKS * MR) {
+            let chunk = (CHUNK_BLOCKS * MR).min(n_tokens - t0);
+            let x = &packed[(t0 / MR * k + k0) * MR..];
+            for (p, panel) in panels.clone().zip(packed_panels.chunks_exact(KC * NR)) {
+                let cols = cols_of(p);
+                if cols.len() == NR {
+                    // SAFETY: the tiles cover tokens t0..t0 + chunk and this panel's NR
+                    // columns, inside the n_tokens × rows output, and no other thread
+                    // writes this panel.
+                    unsafe { tiles_along_tokens(chunk, kc, x, k * MR, panel, NR, out.at(t0 * w.rows + cols.start), w.rows, k0 > 0) };
+                    continue;
+                }
                 // The last, partial panel goes through a local tile.
-                let mut acc = [0f32; MR * NR];
-                // SAFETY: acc holds MR rows of NR.
-                unsafe { tile(mr, kc, x, &panel, NR, acc.as_mut_ptr(), NR, false) };
-                store_partial_tile(&acc, NR, mr, t0, cols.clone(), w.rows, k0 > 0, out);
+                for b0 in (0..chunk).step_by(MR) {
+                    let mr = MR.min(chunk - b0);
+                    let mut acc = [0f32; MR * NR];
+                    // SAFETY: acc holds MR rows of NR.
+                    unsafe { tile(mr, kc, TileTokens::Packed(&x[b0 / MR * k * MR..]), panel, NR, acc.as_mut_ptr(), NR, false) };
+                    store_partial_tile(&acc, NR, mr, t0 + b0, cols.clone(), w.rows, k0 > 0, out);
+                }
             }
         }
     }
-    add_bias(bias, n_tokens, cols, w.rows, out);
+    for p in panels {
+        add_bias(bias, n_tokens, cols_of(p), w.rows, out);
+    }
 }
 
 /// A tile of `mr` tokens computed into `acc` (rows of `nr`) for a panel narrower than the
@@ -563,7 +596,7 @@ mod tests {
 
     /// Exact paths against a plain f64 triple loop over the dequantized weight, for every
     /// type, one and many tokens (including token counts that leave partial tiles), a row
-    /// count that leaves a partial panel, k spanning several KC slices, 1 and 3 threads.
+    /// count that leaves a partial panel, k spanning several KC slices, tokens in more than one chunk, 1 and 3 threads.
     #[test]
     fn matmul_matches_dequantized_reference() {
         let mut seed = 1u32;
@@ -574,7 +607,7 @@ mod tests {
             for &dtype in DType::ALL {
                 let (w, deq) = quantized(dtype, &case);
                 let matrix = Matrix { bytes: &w, dtype, k, rows, layout: Layout::Rows };
-                for n_tokens in [1, 2, 7, 13] {
+                for n_tokens in [1, 2, 7, 13, 101] {
                     let x = random(&mut seed, n_tokens * k);
                     let mut out = vec![f32::NAN; n_tokens * rows];
                     matmul(&pool, &x, n_tokens, matrix, Some(&case.bias), &mut out);
