@@ -5,8 +5,7 @@
 //! - `matvec_exact_memory`: one token of f32 activations against float rows streamed from
 //!   memory (F16 and BF16 decode);
 //! - `matmul_prefill_f16`: a 512-token prompt through SmolLM2's matrix shapes in F16 (the
-//!   exact path's GEMM at full size), with Strassen's products and plain; throughput in the
-//!   plain product's multiply-adds (elements/s x 2 = FLOP/s);
+//!   exact path's GEMM at full size); throughput in multiply-adds (elements/s x 2 = FLOP/s);
 //! - `matmul_8bit`: 64 tokens with 8-bit activations (prefill in run and bench), for the
 //!   types with integer levels, next to `matmul_exact` on the same shape;
 //! - `quantize_activations`: one 4096-wide row to each 8-bit activation type.
@@ -108,8 +107,7 @@ fn matmul_prefill_f16(c: &mut Criterion) {
         let x: Vec<f32> = (0..n_tokens * k).map(|i| (i as f32 * 0.37).sin()).collect();
         let mut out = vec![0f32; n_tokens * rows];
         group.throughput(Throughput::Elements((n_tokens * k * rows) as u64));
-        group.bench_function(format!("{k}x{rows}/strassen"), |b| b.iter(|| cpu::matmul(&pool, &x, n_tokens, matrix, None, &mut out)));
-        group.bench_function(format!("{k}x{rows}/plain"), |b| b.iter(|| cpu::matmul_plain(&pool, &x, n_tokens, matrix, None, &mut out)));
+        group.bench_function(format!("{k}x{rows}"), |b| b.iter(|| cpu::matmul(&pool, &x, n_tokens, matrix, None, &mut out)));
     }
     group.finish();
 }

@@ -29,32 +29,6 @@ pub enum Tokens<'a> {
 /// thread may touch those elements meanwhile.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn tile(mr: usize, kc: usize, tokens: Tokens, panel: &[f32], ldp: usize, out: *mut f32, ldo: usize, accumulate: bool) {
-    tile_into(mr, kc, tokens, panel, ldp, &[Dest { out, sign: 1.0, accumulate }], ldo);
-}
-
-/// Where a tile's sums go: out[t·ldo + c] = sign · sum, or += when `accumulate`. Strassen's
-/// products ([`super::strassen`]) go to two places, one of them negated.
-#[derive(Clone, Copy)]
-pub struct Dest {
-    pub out: *mut f32,
-    /// 1 or -1.
-    pub sign: f32,
-    pub accumulate: bool,
-}
-
-impl Dest {
-    /// The same destination `by` elements further on.
-    fn offset(self, by: usize) -> Dest {
-        Dest { out: self.out.wrapping_add(by), ..self }
-    }
-}
-
-/// [`tile`] into each of `dests`.
-///
-/// # Safety
-/// As [`tile`], for every destination.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn tile_into(mr: usize, kc: usize, tokens: Tokens, panel: &[f32], ldp: usize, dests: &[Dest], ldo: usize) {
     assert!(mr >= 1 && mr <= MR && ldp >= NR && kc >= 1 && panel.len() >= (kc - 1) * ldp + NR);
     match tokens {
         Tokens::Rows { x, ldx } => assert!(x.len() >= (mr - 1) * ldx + kc),
@@ -66,12 +40,12 @@ pub unsafe fn tile_into(mr: usize, kc: usize, tokens: Tokens, panel: &[f32], ldp
         macro_rules! by_height {
             ($packed:literal, $x:expr, $ldx:expr) => {
                 match mr {
-                    1 => tile_avx2::<1, $packed>(kc, $x, $ldx, panel, ldp, dests, ldo),
-                    2 => tile_avx2::<2, $packed>(kc, $x, $ldx, panel, ldp, dests, ldo),
-                    3 => tile_avx2::<3, $packed>(kc, $x, $ldx, panel, ldp, dests, ldo),
-                    4 => tile_avx2::<4, $packed>(kc, $x, $ldx, panel, ldp, dests, ldo),
-                    5 => tile_avx2::<5, $packed>(kc, $x, $ldx, panel, ldp, dests, ldo),
-                    _ => tile_avx2::<6, $packed>(kc, $x, $ldx, panel, ldp, dests, ldo),
+                    1 => tile_avx2::<1, $packed>(kc, $x, $ldx, panel, ldp, out, ldo, accumulate),
+                    2 => tile_avx2::<2, $packed>(kc, $x, $ldx, panel, ldp, out, ldo, accumulate),
+                    3 => tile_avx2::<3, $packed>(kc, $x, $ldx, panel, ldp, out, ldo, accumulate),
+                    4 => tile_avx2::<4, $packed>(kc, $x, $ldx, panel, ldp, out, ldo, accumulate),
+                    5 => tile_avx2::<5, $packed>(kc, $x, $ldx, panel, ldp, out, ldo, accumulate),
+                    _ => tile_avx2::<6, $packed>(kc, $x, $ldx, panel, ldp, out, ldo, accumulate),
                 }
             };
         }
@@ -81,52 +55,36 @@ pub unsafe fn tile_into(mr: usize, kc: usize, tokens: Tokens, panel: &[f32], ldp
         }
         return;
     }
-    tile_scalar(mr, kc, tokens, panel, ldp, dests, ldo);
+    tile_scalar(mr, kc, tokens, panel, ldp, out, ldo, accumulate);
 }
 
 /// Tiles of `n_tokens` packed tokens against one full panel: block b of MR tokens (packed by
-/// [`pack_tokens`]) at x[b·block_stride..], token t's outputs at each destination's
-/// out[t·ldo..][..NR]. One call per panel and chunk of tokens rather than one per tile keeps
-/// the checks out of the loop.
+/// [`pack_tokens`]) at x[b·block_stride..], token t's outputs at out[t·ldo..][..NR]. One call
+/// per panel and chunk of tokens rather than one per tile keeps the checks out of the loop.
 ///
 /// # Safety
-/// As [`tile`], for every t < n_tokens and every destination.
+/// As [`tile`], for every t < n_tokens.
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn tiles_along_tokens(n_tokens: usize, kc: usize, x: &[f32], block_stride: usize, panel: &[f32], ldp: usize, dests: &[Dest], ldo: usize) {
+pub unsafe fn tiles_along_tokens(n_tokens: usize, kc: usize, x: &[f32], block_stride: usize, panel: &[f32], ldp: usize, out: *mut f32, ldo: usize, accumulate: bool) {
     let n_blocks = n_tokens.div_ceil(MR);
     assert!(n_blocks >= 1 && block_stride >= kc * MR && x.len() >= (n_blocks - 1) * block_stride + kc * MR);
-    assert!(kc >= 1 && ldp >= NR && panel.len() >= (kc - 1) * ldp + NR && dests.len() <= MAX_DESTS);
+    assert!(kc >= 1 && ldp >= NR && panel.len() >= (kc - 1) * ldp + NR);
     #[cfg(target_arch = "x86_64")]
     if super::simd::isa() == super::simd::Isa::Avx2 {
         let full = n_tokens / MR;
         for b in 0..full {
-            let at = offset_all(dests, b * MR * ldo);
-            tile_avx2::<MR, true>(kc, x.as_ptr().add(b * block_stride), MR, panel.as_ptr(), ldp, &at[..dests.len()], ldo);
+            tile_avx2::<MR, true>(kc, x.as_ptr().add(b * block_stride), MR, panel.as_ptr(), ldp, out.add(b * MR * ldo), ldo, accumulate);
         }
         if full < n_blocks {
             let rest = Tokens::Packed(&x[full * block_stride..]);
-            let at = offset_all(dests, full * MR * ldo);
-            tile_into(n_tokens - full * MR, kc, rest, panel, ldp, &at[..dests.len()], ldo);
+            tile(n_tokens - full * MR, kc, rest, panel, ldp, out.add(full * MR * ldo), ldo, accumulate);
         }
         return;
     }
     for b in 0..n_blocks {
         let mr = MR.min(n_tokens - b * MR);
-        let at = offset_all(dests, b * MR * ldo);
-        tile_scalar(mr, kc, Tokens::Packed(&x[b * block_stride..]), panel, ldp, &at[..dests.len()], ldo);
+        tile_scalar(mr, kc, Tokens::Packed(&x[b * block_stride..]), panel, ldp, out.add(b * MR * ldo), ldo, accumulate);
     }
-}
-
-/// The most destinations a tile writes (Strassen's products: two).
-pub const MAX_DESTS: usize = 2;
-
-/// `dests` (at most MAX_DESTS) each `by` elements further on, in the first `dests.len()`.
-fn offset_all(dests: &[Dest], by: usize) -> [Dest; MAX_DESTS] {
-    let mut out = [Dest { out: std::ptr::null_mut(), sign: 1.0, accumulate: false }; MAX_DESTS];
-    for (to, from) in out.iter_mut().zip(dests) {
-        *to = from.offset(by);
-    }
-    out
 }
 
 /// The panel a tile reads from `n_rows` ≤ NR rows of f32 (row c's element i at
@@ -210,11 +168,10 @@ unsafe fn transpose_8x8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64
     ]
 }
 
-/// Tokens t0.. (MR of them, zero from `n_tokens` on) of the row-major `x` (token t's
-/// element i at x[t·ld + i], i < k), packed for [`Tokens::Packed`]: out[i·MR + t].
-pub fn pack_tokens(x: &[f32], ld: usize, k: usize, n_tokens: usize, t0: usize, out: &mut [f32]) {
-    let n = n_tokens.saturating_sub(t0).min(MR);
-    assert!(ld >= k && (n == 0 || x.len() >= (t0 + n - 1) * ld + k));
+/// Tokens t0.. (n of them, zero past the end) of the n_tokens × k row-major `x`, packed for
+/// [`Tokens::Packed`]: out[i·MR + t] = x[(t0 + t)·k + i].
+pub fn pack_tokens(x: &[f32], k: usize, t0: usize, out: &mut [f32]) {
+    let n = (x.len() / k).saturating_sub(t0).min(MR);
     let out = &mut out[..k * MR];
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
@@ -222,13 +179,13 @@ pub fn pack_tokens(x: &[f32], ld: usize, k: usize, n_tokens: usize, t0: usize, o
         // Eight values of each token at a time, while a ninth follows: the column stores are
         // eight wide and each overlaps the next by two, the last ending inside `out`.
         done = k.saturating_sub(1) / 8 * 8;
-        // SAFETY: AVX2 is present; rows t0..t0 + MR of x hold k values each (asserted) and the
-        // stores end at (done - 1)·MR + 8 ≤ k·MR.
-        unsafe { pack_tokens_avx2(x[t0 * ld..].as_ptr(), ld, done, out.as_mut_ptr()) };
+        // SAFETY: AVX2 is present; rows t0..t0 + MR of x hold k values each and the stores
+        // end at (done - 1)·MR + 8 ≤ k·MR.
+        unsafe { pack_tokens_avx2(x[t0 * k..].as_ptr(), k, done, out.as_mut_ptr()) };
     }
     for (slot, i) in out[done * MR..].chunks_exact_mut(MR).zip(done..) {
         for (t, v) in slot.iter_mut().enumerate() {
-            *v = if t < n { x[(t0 + t) * ld + i] } else { 0.0 };
+            *v = if t < n { x[(t0 + t) * k + i] } else { 0.0 };
         }
     }
 }
@@ -236,12 +193,12 @@ pub fn pack_tokens(x: &[f32], ld: usize, k: usize, n_tokens: usize, t0: usize, o
 /// [`pack_tokens`] of a full block of MR rows, values 0..`kc` (a multiple of 8).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn pack_tokens_avx2(x: *const f32, ld: usize, kc: usize, out: *mut f32) {
+unsafe fn pack_tokens_avx2(x: *const f32, k: usize, kc: usize, out: *mut f32) {
     use std::arch::x86_64::*;
     for i0 in (0..kc).step_by(8) {
         let mut r = [_mm256_setzero_ps(); 8];
         for (t, r) in r.iter_mut().take(MR).enumerate() {
-            *r = _mm256_loadu_ps(x.add(t * ld + i0));
+            *r = _mm256_loadu_ps(x.add(t * k + i0));
         }
         let columns = transpose_8x8(r);
         for (j, column) in columns.into_iter().enumerate() {
@@ -251,9 +208,9 @@ unsafe fn pack_tokens_avx2(x: *const f32, ld: usize, kc: usize, out: *mut f32) {
 }
 
 /// # Safety
-/// As [`tile_into`].
+/// As [`tile`].
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn tile_scalar(mr: usize, kc: usize, tokens: Tokens, panel: &[f32], ldp: usize, dests: &[Dest], ldo: usize) {
+pub unsafe fn tile_scalar(mr: usize, kc: usize, tokens: Tokens, panel: &[f32], ldp: usize, out: *mut f32, ldo: usize, accumulate: bool) {
     let x = |t: usize, i: usize| match tokens {
         Tokens::Rows { x, ldx } => x[t * ldx + i],
         Tokens::Packed(x) => x[i * MR + t],
@@ -266,11 +223,9 @@ pub unsafe fn tile_scalar(mr: usize, kc: usize, tokens: Tokens, panel: &[f32], l
                 *acc += a * panel[i * ldp + c];
             }
         }
-        for d in dests {
-            for (c, acc) in acc.iter().enumerate() {
-                let o = d.out.add(t * ldo + c);
-                *o = if d.accumulate { *o + d.sign * acc } else { d.sign * acc };
-            }
+        for (c, acc) in acc.iter().enumerate() {
+            let o = out.add(t * ldo + c);
+            *o = if accumulate { *o + acc } else { *acc };
         }
     }
 }
@@ -279,7 +234,7 @@ pub unsafe fn tile_scalar(mr: usize, kc: usize, tokens: Tokens, panel: &[f32], l
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile_avx2<const M: usize, const PACKED: bool>(kc: usize, x: *const f32, ldx: usize, panel: *const f32, ldp: usize, dests: &[Dest], ldo: usize) {
+unsafe fn tile_avx2<const M: usize, const PACKED: bool>(kc: usize, x: *const f32, ldx: usize, panel: *const f32, ldp: usize, out: *mut f32, ldo: usize, accumulate: bool) {
     use std::arch::x86_64::*;
     let mut lo = [_mm256_setzero_ps(); M];
     let mut hi = [_mm256_setzero_ps(); M];
@@ -293,20 +248,14 @@ unsafe fn tile_avx2<const M: usize, const PACKED: bool>(kc: usize, x: *const f32
             hi[t] = _mm256_fmadd_ps(a, b_hi, hi[t]);
         }
     }
-    // sign · sum + old is exact in its product (sign is ±1), so a sign of 1 stores what an add
-    // would.
-    for d in dests {
-        let sign = _mm256_set1_ps(d.sign);
-        for t in 0..M {
-            let (o_lo, o_hi) = (d.out.add(t * ldo), d.out.add(t * ldo + 8));
-            if d.accumulate {
-                _mm256_storeu_ps(o_lo, _mm256_fmadd_ps(sign, lo[t], _mm256_loadu_ps(o_lo)));
-                _mm256_storeu_ps(o_hi, _mm256_fmadd_ps(sign, hi[t], _mm256_loadu_ps(o_hi)));
-            } else {
-                _mm256_storeu_ps(o_lo, _mm256_mul_ps(sign, lo[t]));
-                _mm256_storeu_ps(o_hi, _mm256_mul_ps(sign, hi[t]));
-            }
+    for t in 0..M {
+        let (o_lo, o_hi) = (out.add(t * ldo), out.add(t * ldo + 8));
+        if accumulate {
+            lo[t] = _mm256_add_ps(lo[t], _mm256_loadu_ps(o_lo));
+            hi[t] = _mm256_add_ps(hi[t], _mm256_loadu_ps(o_hi));
         }
+        _mm256_storeu_ps(o_lo, lo[t]);
+        _mm256_storeu_ps(o_hi, hi[t]);
     }
 }
 
@@ -325,7 +274,7 @@ mod tests {
         // The same MR tokens packed: rows of kc out of ldx.
         let dense: Vec<f32> = (0..MR).flat_map(|t| x[t * ldx..t * ldx + kc].to_vec()).collect();
         let mut packed = vec![f32::NAN; kc * MR];
-        pack_tokens(&dense, kc, kc, MR, 0, &mut packed);
+        pack_tokens(&dense, kc, 0, &mut packed);
         for accumulate in [false, true] {
             for mr in 1..=MR {
                 let start: Vec<f32> = (0..MR * ldo).map(|i| (i % 7) as f32 - 3.0).collect();
@@ -333,7 +282,7 @@ mod tests {
                 // SAFETY: MR rows of ldo ≥ NR elements each.
                 unsafe {
                     tile(mr, kc, rows, &panel, NR, fast.as_mut_ptr(), ldo, accumulate);
-                    tile_scalar(mr, kc, rows, &panel, NR, &[Dest { out: slow.as_mut_ptr(), sign: 1.0, accumulate }], ldo);
+                    tile_scalar(mr, kc, rows, &panel, NR, slow.as_mut_ptr(), ldo, accumulate);
                     tile(mr, kc, Tokens::Packed(&packed), &panel, NR, from_packed.as_mut_ptr(), ldo, accumulate);
                 }
                 for t in 0..MR {
@@ -358,7 +307,7 @@ mod tests {
                 let x: Vec<f32> = (0..n_tokens * k).map(|i| i as f32 + 0.5).collect();
                 for t0 in (0..n_tokens).step_by(MR) {
                     let mut out = vec![f32::NAN; k * MR];
-                    pack_tokens(&x, k, k, n_tokens, t0, &mut out);
+                    pack_tokens(&x, k, t0, &mut out);
                     for i in 0..k {
                         for t in 0..MR {
                             let want = if t0 + t < n_tokens { x[(t0 + t) * k + i] } else { 0.0 };
@@ -395,17 +344,17 @@ mod tests {
             let stride = kc * MR + 5;
             let mut packed = vec![0f32; n_blocks * stride];
             for b in 0..n_blocks {
-                pack_tokens(&x, kc, kc, n_tokens, b * MR, &mut packed[b * stride..]);
+                pack_tokens(&x, kc, b * MR, &mut packed[b * stride..]);
             }
             for accumulate in [false, true] {
                 let start: Vec<f32> = (0..n_tokens * NR).map(|i| (i % 5) as f32).collect();
                 let (mut along, mut single) = (start.clone(), start.clone());
                 // SAFETY: n_tokens rows of NR outputs.
                 unsafe {
-                    tiles_along_tokens(n_tokens, kc, &packed, stride, &panel, NR, &[Dest { out: along.as_mut_ptr(), sign: 1.0, accumulate }], NR);
+                    tiles_along_tokens(n_tokens, kc, &packed, stride, &panel, NR, along.as_mut_ptr(), NR, accumulate);
                     for b in 0..n_blocks {
                         let mr = MR.min(n_tokens - b * MR);
-                        tile_scalar(mr, kc, Tokens::Packed(&packed[b * stride..]), &panel, NR, &[Dest { out: single.as_mut_ptr().add(b * MR * NR), sign: 1.0, accumulate }], NR);
+                        tile_scalar(mr, kc, Tokens::Packed(&packed[b * stride..]), &panel, NR, single.as_mut_ptr().add(b * MR * NR), NR, accumulate);
                     }
                 }
                 for (i, (a, s)) in along.iter().zip(&single).enumerate() {

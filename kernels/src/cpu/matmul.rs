@@ -13,17 +13,16 @@
 
 use std::ops::Range;
 
-use super::gemm::{pack_panel, pack_tokens, tile, tiles_along_tokens, Dest, Tokens as TileTokens, MR, NR};
+use super::gemm::{pack_panel, pack_tokens, tile, tiles_along_tokens, Tokens as TileTokens, MR, NR};
 use super::gemm_i8::{tile_i8, Tokens, MR8, NR8};
 use super::interleave::{self, GROUP};
 use super::pool::{SharedMut, ThreadPool};
 use super::simd::{self, VecDot};
-use super::strassen;
 use crate::dtype::{AffineLevels, DType};
 
 /// Elements of k per packed panel: a multiple of every block size (1, 32, 256), so a slice
 /// of a row is whole blocks; the panel (16 KiB) stays in L1 while the tokens stream past.
-pub(super) const KC: usize = 256;
+const KC: usize = 256;
 
 /// A weight matrix: `rows` rows of `k` values of `dtype`, as stored in GGUF (`Layout::Rows`)
 /// or repacked for decode (`Layout::Interleaved8`).
@@ -48,10 +47,10 @@ pub enum Layout {
 
 /// Bytes of the longest block range read from an interleaved row at once (KC_8BIT values
 /// of the widest interleavable block, Q8_0's), gathered back into the file's layout.
-pub(super) const GATHER_BYTES: usize = KC_8BIT / 32 * crate::quants::q8_0::BLOCK_BYTES;
+const GATHER_BYTES: usize = KC_8BIT / 32 * crate::quants::q8_0::BLOCK_BYTES;
 
 impl Matrix<'_> {
-    pub(super) fn row_bytes(&self) -> usize {
+    fn row_bytes(&self) -> usize {
         let row_bytes = self.dtype.row_bytes(self.k).expect("row length is whole blocks of the dtype");
         assert_eq!(self.bytes.len(), row_bytes * self.rows, "{} weight bytes for {} rows of {}", self.bytes.len(), self.rows, self.k);
         if self.layout == Layout::Interleaved8 {
@@ -80,18 +79,6 @@ impl Matrix<'_> {
         }
     }
 
-    /// Rows `cols` (at most NR), values k0..k0 + kc (whole blocks), dequantized into
-    /// `rows_f32` (rows KC apart) and packed into `panel` as the tile reads them.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn pack_panel(&self, cols: Range<usize>, k0: usize, kc: usize, row_bytes: usize, rows_f32: &mut [f32], buf: &mut [u8], panel: &mut [f32]) {
-        let block = self.dtype.block_size();
-        let to_f32 = simd::to_f32(self.dtype);
-        for (c, j) in cols.clone().enumerate() {
-            to_f32(self.row_blocks(j, k0 / block..(k0 + kc) / block, row_bytes, buf), &mut rows_f32[c * KC..][..kc]);
-        }
-        pack_panel(rows_f32, KC, cols.len(), kc, panel);
-    }
-
     /// The g-th group of GROUP interleaved rows.
     fn group(&self, g: usize, row_bytes: usize) -> &[u8] {
         &self.bytes[g * GROUP * row_bytes..(g + 1) * GROUP * row_bytes]
@@ -118,22 +105,6 @@ impl Matrix<'_> {
 
 /// `x`: n_tokens × k, row-major; `out`: n_tokens × rows. Exact f32 arithmetic.
 pub fn matmul(pool: &ThreadPool, x: &[f32], n_tokens: usize, w: Matrix, bias: Option<&[f32]>, out: &mut [f32]) {
-    assert_eq!(x.len(), n_tokens * w.k);
-    assert_eq!(out.len(), n_tokens * w.rows);
-    if strassen::pays(n_tokens, &w) {
-        // An even count of tokens through Strassen's halves, an odd last one on its own.
-        let even = n_tokens / 2 * 2;
-        strassen::matmul(pool, &x[..even * w.k], even, w, bias, &mut out[..even * w.rows]);
-        if even < n_tokens {
-            matmul(pool, &x[even * w.k..], 1, w, bias, &mut out[even * w.rows..]);
-        }
-        return;
-    }
-    matmul_plain(pool, x, n_tokens, w, bias, out);
-}
-
-/// [`matmul`] without Strassen's products: the plain GEMM, which the benches set next to it.
-pub fn matmul_plain(pool: &ThreadPool, x: &[f32], n_tokens: usize, w: Matrix, bias: Option<&[f32]>, out: &mut [f32]) {
     let row_bytes = w.row_bytes();
     assert_eq!(x.len(), n_tokens * w.k);
     assert_eq!(out.len(), n_tokens * w.rows);
@@ -171,24 +142,15 @@ pub fn matmul_plain(pool: &ThreadPool, x: &[f32], n_tokens: usize, w: Matrix, bi
     });
 }
 
-/// 0..k in slices of at most KC values, as even as whole blocks (and eights, for the packing)
-/// allow: 576 goes as 3 × 192 rather than 256 + 256 + 64, whose short slice would pay a
-/// tile's loads and stores for a quarter of its arithmetic.
-pub(super) fn k_slices(k: usize, block: usize) -> impl Iterator<Item = (usize, usize)> {
-    let unit = block.max(8);
-    let len = k.div_ceil(k.div_ceil(KC)).div_ceil(unit) * unit;
-    (0..k).step_by(len.max(1)).map(move |k0| (k0, len.min(k - k0)))
-}
-
 /// Panels multiplied together per task, at most: their slices of k (16 KiB each) stay in L2
 /// next to a chunk of tokens, which each panel of the task then reads from L2.
-pub(super) const TASK_PANELS: usize = 8;
+const TASK_PANELS: usize = 8;
 /// Blocks of MR tokens per chunk: 96 tokens, a 96 KiB slice of them.
-pub(super) const CHUNK_BLOCKS: usize = 16;
+const CHUNK_BLOCKS: usize = 16;
 
 /// Panels per handed-out range: as many as fit [`TASK_PANELS`], in a count of ranges that is
 /// a multiple of the threads so that none waits for another's last range.
-pub(super) fn panels_per_task(n_panels: usize, n_threads: usize) -> usize {
+fn panels_per_task(n_panels: usize, n_threads: usize) -> usize {
     let rounds = n_panels.div_ceil(n_threads * TASK_PANELS);
     n_panels.div_ceil(n_threads * rounds)
 }
@@ -212,7 +174,7 @@ fn pack_all_tokens(pool: &ThreadPool, x: &[f32], n_tokens: usize, k: usize, pack
         for b in blocks {
             // SAFETY: block b alone writes its k·MR values, inside the buffer.
             let block = unsafe { std::slice::from_raw_parts_mut(dst.at(b * k * MR), k * MR) };
-            pack_tokens(x, k, k, n_tokens, b * MR, block);
+            pack_tokens(x, k, b * MR, block);
         }
     });
 }
@@ -223,13 +185,20 @@ fn pack_all_tokens(pool: &ThreadPool, x: &[f32], n_tokens: usize, k: usize, pack
 #[allow(clippy::too_many_arguments)]
 fn panels_times_tokens(packed: &[f32], n_tokens: usize, w: Matrix, row_bytes: usize, panels: Range<usize>, bias: Option<&[f32]>, out: SharedMut<f32>, scratch: &mut Vec<f32>) {
     let k = w.k;
+    let block = w.dtype.block_size();
+    let to_f32 = simd::to_f32(w.dtype);
     let mut buf = [0u8; GATHER_BYTES];
     scratch.resize((panels.len() + 1) * KC * NR, 0.0);
     let (rows_f32, packed_panels) = scratch.split_at_mut(KC * NR);
     let cols_of = |p: usize| p * NR..((p + 1) * NR).min(w.rows);
-    for (k0, kc) in k_slices(k, w.dtype.block_size()) {
+    for k0 in (0..k).step_by(KC) {
+        let kc = KC.min(k - k0);
         for (p, panel) in panels.clone().zip(packed_panels.chunks_exact_mut(KC * NR)) {
-            w.pack_panel(cols_of(p), k0, kc, row_bytes, rows_f32, &mut buf, &mut panel[..kc * NR]);
+            let cols = cols_of(p);
+            for (c, j) in cols.clone().enumerate() {
+                to_f32(w.row_blocks(j, k0 / block..(k0 + kc) / block, row_bytes, &mut buf), &mut rows_f32[c * KC..][..kc]);
+            }
+            pack_panel(rows_f32, KC, cols.len(), kc, &mut panel[..kc * NR]);
         }
         for t0 in (0..n_tokens).step_by(CHUNK_BLOCKS * MR) {
             let chunk = (CHUNK_BLOCKS * MR).min(n_tokens - t0);
@@ -240,7 +209,7 @@ fn panels_times_tokens(packed: &[f32], n_tokens: usize, w: Matrix, row_bytes: us
                     // SAFETY: the tiles cover tokens t0..t0 + chunk and this panel's NR
                     // columns, inside the n_tokens × rows output, and no other thread
                     // writes this panel.
-                    unsafe { tiles_along_tokens(chunk, kc, x, k * MR, panel, NR, &[Dest { out: out.at(t0 * w.rows + cols.start), sign: 1.0, accumulate: k0 > 0 }], w.rows) };
+                    unsafe { tiles_along_tokens(chunk, kc, x, k * MR, panel, NR, out.at(t0 * w.rows + cols.start), w.rows, k0 > 0) };
                     continue;
                 }
                 // The last, partial panel goes through a local tile.
@@ -277,7 +246,7 @@ fn store_partial_tile(acc: &[f32], nr: usize, mr: usize, t0: usize, cols: Range<
 }
 
 /// Adds the bias of output columns `cols` for every token, once the panel is done.
-pub(super) fn add_bias(bias: Option<&[f32]>, n_tokens: usize, cols: Range<usize>, rows: usize, out: SharedMut<f32>) {
+fn add_bias(bias: Option<&[f32]>, n_tokens: usize, cols: Range<usize>, rows: usize, out: SharedMut<f32>) {
     let Some(bias) = bias else { return };
     for t in 0..n_tokens {
         for j in cols.clone() {

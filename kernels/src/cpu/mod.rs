@@ -11,11 +11,10 @@ mod norm;
 pub mod pool;
 pub mod rope;
 pub mod simd;
-mod strassen;
 mod vec;
 
 pub use attention::{attention, softmax, AttentionShape, KvRows};
-pub use matmul::{matmul, matmul_8bit, matmul_plain, matvec_quantized, quantize_activations, Layout, Matrix};
+pub use matmul::{matmul, matmul_8bit, matvec_quantized, quantize_activations, Layout, Matrix};
 pub use norm::rms_norm;
 pub use pool::ThreadPool;
 pub use rope::{RopeParams, RopeStyle};
