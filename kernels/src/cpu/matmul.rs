@@ -136,7 +136,7 @@ pub fn matmul(pool: &ThreadPool, x: &[f32], n_tokens: usize, w: Matrix, bias: Op
         pack_all_tokens(pool, x, n_tokens, w.k, &mut packed);
         let packed: &[f32] = &packed;
         let n_panels = w.rows.div_ceil(NR);
-        pool.for_ranges(n_panels, panels_per_task(n_panels, pool.n_threads()), |panels| {
+        pool.for_ranges_guided(n_panels, TASK_PANELS, |panels| {
             PANELS.with(|scratch| panels_times_tokens(packed, n_tokens, w, row_bytes, panels, bias, out, &mut scratch.borrow_mut()));
         });
     });
@@ -147,13 +147,6 @@ pub fn matmul(pool: &ThreadPool, x: &[f32], n_tokens: usize, w: Matrix, bias: Op
 const TASK_PANELS: usize = 8;
 /// Blocks of MR tokens per chunk: 96 tokens, a 96 KiB slice of them.
 const CHUNK_BLOCKS: usize = 16;
-
-/// Panels per handed-out range: as many as fit [`TASK_PANELS`], in a count of ranges that is
-/// a multiple of the threads so that none waits for another's last range.
-fn panels_per_task(n_panels: usize, n_threads: usize) -> usize {
-    let rounds = n_panels.div_ceil(n_threads * TASK_PANELS);
-    n_panels.div_ceil(n_threads * rounds)
-}
 
 thread_local! {
     /// The calling thread's packed tokens, and each thread's dequantized rows and packed

@@ -126,6 +126,35 @@ impl ThreadPool {
         });
     }
 
+    /// Like [`for_ranges`](Self::for_ranges), but each range is a share of what is left (at
+    /// most `max_grain`, at least 1): long ranges while much remains, single items at the
+    /// end, so a thread slowed by the machine's noise does not leave the others waiting on
+    /// its last long range.
+    pub fn for_ranges_guided(&self, n: usize, max_grain: usize, body: impl Fn(Range<usize>) + Sync) {
+        let threads = self.n_threads();
+        if threads == 1 || n <= 1 {
+            if n > 0 {
+                body(0..n);
+            }
+            return;
+        }
+        let next = AtomicUsize::new(0);
+        self.run(&|_, _| loop {
+            let mut start = next.load(Ordering::Relaxed);
+            let end = loop {
+                if start >= n {
+                    return;
+                }
+                let end = start + ((n - start) / (2 * threads)).clamp(1, max_grain.max(1));
+                match next.compare_exchange_weak(start, end, Ordering::Relaxed, Ordering::Relaxed) {
+                    Ok(_) => break end,
+                    Err(now) => start = now,
+                }
+            };
+            body(start..end);
+        });
+    }
+
     /// Calls `body(first_row, chunk)` on consecutive chunks of the rows of `out` (`width`
     /// values each) across the pool: row-wise ops over a batch (norms, rotations,
     /// element-wise products), which would otherwise leave the other threads idle. One or two
@@ -245,6 +274,14 @@ mod tests {
                 }
             });
             assert!(seen.iter().all(|s| s.load(Ordering::Relaxed) == 1), "n={n} grain={grain}");
+            let seen: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+            pool.for_ranges_guided(n, grain, |r| {
+                assert!(r.len() <= grain.max(1), "guided range {r:?} longer than {grain}");
+                for i in r {
+                    seen[i].fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            assert!(seen.iter().all(|s| s.load(Ordering::Relaxed) == 1), "guided: n={n} grain={grain}");
         }
     }
 
