@@ -92,6 +92,7 @@ pub unsafe fn tiles_along_tokens(n_tokens: usize, kc: usize, x: &[f32], block_st
 pub fn pack_panel(rows: &[f32], ld: usize, n_rows: usize, kc: usize, panel: &mut [f32]) {
     assert!(n_rows <= NR && ld >= kc && panel.len() >= kc * NR);
     assert!(n_rows == 0 || rows.len() >= (n_rows - 1) * ld + kc);
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if n_rows == NR && super::simd::isa() == super::simd::Isa::Avx2 {
@@ -173,6 +174,7 @@ unsafe fn transpose_8x8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64
 pub fn pack_tokens(x: &[f32], k: usize, t0: usize, out: &mut [f32]) {
     let n = (x.len() / k).saturating_sub(t0).min(MR);
     let out = &mut out[..k * MR];
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if n == MR && super::simd::isa() == super::simd::Isa::Avx2 {
