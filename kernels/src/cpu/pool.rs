@@ -131,10 +131,11 @@ impl ThreadPool {
     /// end, so a thread slowed by the machine's noise does not leave the others waiting on
     /// its last long range.
     pub fn for_ranges_guided(&self, n: usize, max_grain: usize, body: impl Fn(Range<usize>) + Sync) {
-        let threads = self.n_threads();
+        let (threads, max_grain) = (self.n_threads(), max_grain.max(1));
         if threads == 1 || n <= 1 {
-            if n > 0 {
-                body(0..n);
+            // Ranges of max_grain still: a caller may size its working set by them.
+            for start in (0..n).step_by(max_grain) {
+                body(start..(start + max_grain).min(n));
             }
             return;
         }
@@ -145,7 +146,7 @@ impl ThreadPool {
                 if start >= n {
                     return;
                 }
-                let end = start + ((n - start) / (2 * threads)).clamp(1, max_grain.max(1));
+                let end = start + ((n - start) / (2 * threads)).clamp(1, max_grain);
                 match next.compare_exchange_weak(start, end, Ordering::Relaxed, Ordering::Relaxed) {
                     Ok(_) => break end,
                     Err(now) => start = now,
@@ -266,6 +267,7 @@ mod tests {
     #[test]
     fn ranges_cover_everything_exactly_once() {
         let pool = ThreadPool::new(3).unwrap();
+        let single = ThreadPool::new(1).unwrap();
         for (n, grain) in [(0, 4), (1, 4), (1000, 7), (64, 64), (65, 64)] {
             let seen: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
             pool.for_ranges(n, grain, |r| {
@@ -274,14 +276,16 @@ mod tests {
                 }
             });
             assert!(seen.iter().all(|s| s.load(Ordering::Relaxed) == 1), "n={n} grain={grain}");
-            let seen: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
-            pool.for_ranges_guided(n, grain, |r| {
-                assert!(r.len() <= grain.max(1), "guided range {r:?} longer than {grain}");
-                for i in r {
-                    seen[i].fetch_add(1, Ordering::Relaxed);
-                }
-            });
-            assert!(seen.iter().all(|s| s.load(Ordering::Relaxed) == 1), "guided: n={n} grain={grain}");
+            for pool in [&pool, &single] {
+                let seen: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+                pool.for_ranges_guided(n, grain, |r| {
+                    assert!(r.len() <= grain.max(1), "guided range {r:?} longer than {grain}");
+                    for i in r {
+                        seen[i].fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+                assert!(seen.iter().all(|s| s.load(Ordering::Relaxed) == 1), "guided: n={n} grain={grain}");
+            }
         }
     }
 
