@@ -69,21 +69,19 @@ pub unsafe fn tiles_along_tokens(n_tokens: usize, kc: usize, x: &[f32], block_st
     let n_blocks = n_tokens.div_ceil(MR);
     assert!(n_blocks >= 1 && block_stride >= kc * MR && x.len() >= (n_blocks - 1) * block_stride + kc * MR);
     assert!(kc >= 1 && ldp >= NR && panel.len() >= (kc - 1) * ldp + NR);
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
+    let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if super::simd::isa() == super::simd::Isa::Avx2 {
-        let full = n_tokens / MR;
-        for b in 0..full {
+        // The full blocks straight to the kernel; the sizes were checked once above.
+        done = n_tokens / MR;
+        for b in 0..done {
             tile_avx2::<MR, true>(kc, x.as_ptr().add(b * block_stride), MR, panel.as_ptr(), ldp, out.add(b * MR * ldo), ldo, accumulate);
         }
-        if full < n_blocks {
-            let rest = Tokens::Packed(&x[full * block_stride..]);
-            tile(n_tokens - full * MR, kc, rest, panel, ldp, out.add(full * MR * ldo), ldo, accumulate);
-        }
-        return;
     }
-    for b in 0..n_blocks {
+    for b in done..n_blocks {
         let mr = MR.min(n_tokens - b * MR);
-        tile_scalar(mr, kc, Tokens::Packed(&x[b * block_stride..]), panel, ldp, out.add(b * MR * ldo), ldo, accumulate);
+        tile(mr, kc, Tokens::Packed(&x[b * block_stride..]), panel, ldp, out.add(b * MR * ldo), ldo, accumulate);
     }
 }
 

@@ -589,7 +589,8 @@ mod tests {
 
     /// Exact paths against a plain f64 triple loop over the dequantized weight, for every
     /// type, one and many tokens (including token counts that leave partial tiles), a row
-    /// count that leaves a partial panel, k spanning several KC slices, tokens in more than one chunk, 1 and 3 threads.
+    /// count that leaves a partial panel, k spanning several KC slices, tokens in more than
+    /// one chunk, 1 and 3 threads.
     #[test]
     fn matmul_matches_dequantized_reference() {
         let mut seed = 1u32;
