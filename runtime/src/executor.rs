@@ -188,8 +188,9 @@ impl<'m> Executor<'m> {
             return Err(Error::Usage(format!("token id {bad} is out of range (vocabulary of {vocab})")));
         }
         self.quantized_from = None;
-        for i in 0..self.graph.ops.len() {
-            self.run_op(i, tokens, pos0, all_logits);
+        let mut i = 0;
+        while i < self.graph.ops.len() {
+            i = self.run_ops(i, tokens, pos0, all_logits);
         }
         self.kv.set_len(end);
         let logits = self.graph.logits;
@@ -208,6 +209,50 @@ impl<'m> Executor<'m> {
             },
             None => 0,
         }
+    }
+
+    /// Runs op i, or ops i.. together where they can share work (the matmuls of one input
+    /// over several tokens); returns the next op to run.
+    fn run_ops(&mut self, i: usize, tokens: &[u32], pos0: usize, all_logits: bool) -> usize {
+        if let Op::MatMul { x, .. } = self.graph.ops[i] {
+            if self.rows[x.0] > 1 {
+                let same_input = self.graph.ops[i..].iter().take_while(|op| matches!(op, Op::MatMul { x: y, .. } if *y == x)).count();
+                self.matmuls(i..i + same_input);
+                return i + same_input;
+            }
+        }
+        self.run_op(i, tokens, pos0, all_logits);
+        i + 1
+    }
+
+    /// The MatMul ops `ops`, consecutive and of one input, over several tokens: one call, so
+    /// the input is prepared once and the threads meet once (see [`cpu::matmuls`]).
+    fn matmuls(&mut self, ops: std::ops::Range<usize>) {
+        let Op::MatMul { x, .. } = self.graph.ops[ops.start] else { unreachable!() };
+        let n = self.rows[x.0];
+        let input = self.act_range(x);
+        let mut outputs: Vec<std::ops::Range<usize>> = Vec::with_capacity(ops.len());
+        for op in &self.graph.ops[ops.clone()] {
+            let Op::MatMul { out, .. } = *op else { unreachable!() };
+            self.rows[out.0] = n;
+            let output = self.act_range(out);
+            assert!(disjoint(&input, &output) && outputs.iter().all(|o| disjoint(o, &output)), "planner placed live activations on top of each other");
+            outputs.push(output);
+        }
+        let base = self.arena.as_mut_ptr();
+        // SAFETY: the input and every output lie inside the arena and are pairwise disjoint
+        // (asserted above), so one shared and several mutable views do not overlap.
+        let src = unsafe { std::slice::from_raw_parts(base.add(input.start), input.len()) };
+        let mut products: Vec<cpu::Product> = self.graph.ops[ops]
+            .iter()
+            .zip(&outputs)
+            .map(|(op, output)| {
+                let Op::MatMul { weight, bias, .. } = *op else { unreachable!() };
+                let out = unsafe { std::slice::from_raw_parts_mut(base.add(output.start), output.len()) };
+                cpu::Product { w: matrix(&self.weights, &self.repacked, weight), bias: bias.map(|b| vector(&self.weights, b)), out }
+            })
+            .collect();
+        cpu::matmuls(&self.pool, src, n, &mut products, self.quantized_batches);
     }
 
     fn run_op(&mut self, i: usize, tokens: &[u32], pos0: usize, all_logits: bool) {
@@ -232,31 +277,25 @@ impl<'m> Executor<'m> {
                 self.pool.for_row_chunks(dst, width, |t0, rows| cpu::rms_norm(&src[t0 * width..][..rows.len()], weight, eps, rows));
             }
             Op::MatMul { x, weight, bias, out } => {
-                let n = self.rows[x.0];
-                self.rows[out.0] = n;
-                let WeightData::Matrix { mapped, ref repacked, dtype, row_len, rows } = self.weights[weight.0] else { unreachable!() };
+                // One token (several go through `matmuls`).
+                self.rows[out.0] = 1;
                 let (rx, ro) = (self.act_range(x), self.act_range(out));
-                let (src, dst) = split_disjoint(&mut self.arena, rx, ro);
+                let w = matrix(&self.weights, &self.repacked, weight);
+                let base = self.arena.as_mut_ptr();
+                assert!(disjoint(&rx, &ro), "planner placed live activations on top of each other");
+                // SAFETY: disjoint ranges inside the arena (asserted).
+                let (src, dst) = unsafe { (std::slice::from_raw_parts(base.add(rx.start), rx.len()), std::slice::from_raw_parts_mut(base.add(ro.start), ro.len())) };
                 let bias = bias.map(|b| vector(&self.weights, b));
-                let w = match repacked {
-                    Some((range, layout)) => Matrix { bytes: &self.repacked.bytes()[range.clone()], dtype, k: row_len, rows, layout: *layout },
-                    None => Matrix { bytes: mapped, dtype, k: row_len, rows, layout: Layout::Rows },
-                };
-                match simd::vec_dot(dtype).filter(|_| n == 1 && !self.exact) {
+                match simd::vec_dot(w.dtype).filter(|_| !self.exact) {
                     Some(kernel) => {
-                        let xq = &mut self.quantized[..kernel.act_type.row_bytes(row_len).expect("checked at load")];
+                        let xq = &mut self.quantized[..kernel.act_type.row_bytes(w.k).expect("checked at load")];
                         if self.quantized_from != Some((x, kernel.act_type)) {
                             cpu::quantize_activations(src, kernel.act_type, xq);
                             self.quantized_from = Some((x, kernel.act_type));
                         }
                         cpu::matvec_quantized(&self.pool, xq, kernel, w, bias, dst);
                     }
-                    None => {
-                        let quantized = n > 1 && self.quantized_batches && cpu::matmul_8bit(&self.pool, src, n, w, bias, dst);
-                        if !quantized {
-                            cpu::matmul(&self.pool, src, n, w, bias, dst);
-                        }
-                    }
+                    None => cpu::matmul(&self.pool, src, 1, w, bias, dst),
                 }
             }
             Op::Rope { x, rope } => {
@@ -403,6 +442,15 @@ impl Repacked {
         let map = self.map.as_mut().expect("a region for every repacked weight");
         let out = &mut map[self.start..][range];
         interleave::repack_in_parallel(pool, layout, dtype, dtype.row_bytes(row_len).expect("checked at load"), source, out);
+    }
+}
+
+/// A weight matrix as the kernels read it: repacked at load, or the mapped file's rows.
+fn matrix<'a>(weights: &'a [WeightData], repacked: &'a Repacked, weight: WeightId) -> Matrix<'a> {
+    let WeightData::Matrix { mapped, repacked: ref place, dtype, row_len, rows } = weights[weight.0] else { unreachable!() };
+    match place {
+        Some((range, layout)) => Matrix { bytes: &repacked.bytes()[range.clone()], dtype, k: row_len, rows, layout: *layout },
+        None => Matrix { bytes: mapped, dtype, k: row_len, rows, layout: Layout::Rows },
     }
 }
 

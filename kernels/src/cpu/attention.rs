@@ -5,7 +5,7 @@ use std::cell::RefCell;
 
 use half::f16;
 
-use super::gemm::{tile, Tokens, MR, NR};
+use super::gemm::{pack_panel, tile, Tokens, MR, NR};
 use super::pool::{SharedMut, ThreadPool};
 use super::simd;
 use super::vec::{dot, exp_shifted};
@@ -13,6 +13,15 @@ use crate::dtype::DType;
 
 thread_local! {
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The prefill's packed keys and widened values (see [`attention_tiled`]).
+    static PREPARED_KV: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Lengthens `buf` to at least `len`; never shortens it, so later calls do not zero it again.
+fn grow(buf: &mut Vec<f32>, len: usize) {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
 }
 
 pub struct AttentionShape {
@@ -153,28 +162,51 @@ pub fn attention(pool: &ThreadPool, q: &[f32], keys: KvRows, values: KvRows, cap
 #[allow(clippy::too_many_arguments)]
 fn attention_tiled(pool: &ThreadPool, q: &[f32], keys: KvRows, values: KvRows, capacity: usize, pos0: usize, s: &AttentionShape, out: &mut [f32]) {
     let (hd, vd) = (s.head_dim, s.v_head_dim);
-    let group = s.n_head / s.n_head_kv;
     let n_tokens = q.len() / (s.n_head * hd);
     let n_ctx = pos0 + n_tokens;
     let n_panels = n_ctx.div_ceil(NR);
     // Per KV head: keys as panels (panel[i·NR + c] = element i of key c, past n_ctx zero) and
-    // values widened to f32, position-major.
+    // values widened to f32, position-major. One task per (KV head, panel of positions); the
+    // buffers are kept between calls, as fresh ones were page faults and a serial zeroing.
     let panels_len = n_panels * hd * NR;
-    let mut packed_keys = vec![0f32; s.n_head_kv * panels_len];
-    let mut values_f32 = vec![0f32; s.n_head_kv * n_ctx * vd];
-    let mut row = vec![0f32; hd.max(vd)];
-    for kv in 0..s.n_head_kv {
-        let panels = &mut packed_keys[kv * panels_len..][..panels_len];
-        for p in 0..n_ctx {
-            keys.row_f32(kv * capacity + p, &mut row[..hd]);
-            let (panel, c) = (p / NR, p % NR);
-            for (i, &v) in row[..hd].iter().enumerate() {
-                panels[(panel * hd + i) * NR + c] = v;
+    PREPARED_KV.with(|prepared| {
+        let (packed_keys, values_f32) = &mut *prepared.borrow_mut();
+        grow(packed_keys, s.n_head_kv * panels_len);
+        grow(values_f32, s.n_head_kv * n_panels * NR * vd);
+        let (keys_out, values_out) = (SharedMut(packed_keys.as_mut_ptr()), SharedMut(values_f32.as_mut_ptr()));
+        pool.for_ranges(s.n_head_kv * n_panels, 1, |tasks| {
+            let mut rows = vec![0f32; NR * hd];
+            for task in tasks {
+                let (kv, panel) = (task / n_panels, task % n_panels);
+                let positions = panel * NR..((panel + 1) * NR).min(n_ctx);
+                for (c, p) in positions.clone().enumerate() {
+                    keys.row_f32(kv * capacity + p, &mut rows[c * hd..][..hd]);
+                }
+                // SAFETY: task (kv, panel) alone writes this panel and these positions' values,
+                // inside the buffers grown above.
+                let (panel_out, widened) = unsafe {
+                    (
+                        std::slice::from_raw_parts_mut(keys_out.at(kv * panels_len + panel * hd * NR), hd * NR),
+                        std::slice::from_raw_parts_mut(values_out.at((kv * n_ctx + positions.start) * vd), positions.len() * vd),
+                    )
+                };
+                pack_panel(&rows, hd, positions.len(), hd, panel_out);
+                for (p, value) in positions.zip(widened.chunks_exact_mut(vd)) {
+                    values.row_f32(kv * capacity + p, value);
+                }
             }
-            values.row_f32(kv * capacity + p, &mut values_f32[(kv * n_ctx + p) * vd..][..vd]);
-        }
-    }
+        });
+        attend_in_blocks(pool, q, &packed_keys[..s.n_head_kv * panels_len], &values_f32[..s.n_head_kv * n_ctx * vd], pos0, s, out);
+    });
+}
 
+/// The tiled attention proper, over keys and values prepared by [`attention_tiled`].
+fn attend_in_blocks(pool: &ThreadPool, q: &[f32], packed_keys: &[f32], values_f32: &[f32], pos0: usize, s: &AttentionShape, out: &mut [f32]) {
+    let (hd, vd) = (s.head_dim, s.v_head_dim);
+    let group = s.n_head / s.n_head_kv;
+    let n_tokens = q.len() / (s.n_head * hd);
+    let n_ctx = pos0 + n_tokens;
+    let panels_len = n_ctx.div_ceil(NR) * hd * NR;
     let n_blocks = n_tokens.div_ceil(MR);
     let out_ptr = SharedMut(out.as_mut_ptr());
     pool.for_ranges(s.n_head * n_blocks, 1, |tasks| {
@@ -185,7 +217,7 @@ fn attention_tiled(pool: &ThreadPool, q: &[f32], keys: KvRows, values: KvRows, c
                 let mr = MR.min(n_tokens - t0);
                 let kv = h / group;
                 let width = (pos0 + t0 + mr).div_ceil(NR) * NR;
-                scores.resize(MR * width, 0.0);
+                grow(&mut scores, MR * width);
                 let queries = &q[(t0 * s.n_head + h) * hd..];
                 for panel in 0..width / NR {
                     let keys = &packed_keys[kv * panels_len + panel * hd * NR..][..hd * NR];

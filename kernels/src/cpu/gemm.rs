@@ -236,6 +236,12 @@ pub unsafe fn tile_scalar(mr: usize, kc: usize, tokens: Tokens, panel: &[f32], l
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile_avx2<const M: usize, const PACKED: bool>(kc: usize, x: *const f32, ldx: usize, panel: *const f32, ldp: usize, out: *mut f32, ldo: usize, accumulate: bool) {
     use std::arch::x86_64::*;
+    // The output rows are needed only after the loop: ask for them now, so they arrive from
+    // L2 or L3 while the loop runs instead of stalling the stores at its end.
+    for t in 0..M {
+        _mm_prefetch::<_MM_HINT_ET0>(out.add(t * ldo) as *const i8);
+        _mm_prefetch::<_MM_HINT_ET0>(out.add(t * ldo + NR - 1) as *const i8);
+    }
     let mut lo = [_mm256_setzero_ps(); M];
     let mut hi = [_mm256_setzero_ps(); M];
     for i in 0..kc {

@@ -105,11 +105,15 @@ impl Matrix<'_> {
 
 /// `x`: n_tokens × k, row-major; `out`: n_tokens × rows. Exact f32 arithmetic.
 pub fn matmul(pool: &ThreadPool, x: &[f32], n_tokens: usize, w: Matrix, bias: Option<&[f32]>, out: &mut [f32]) {
+    if n_tokens > 1 {
+        matmuls(pool, x, n_tokens, &mut [Product { w, bias, out }], false);
+        return;
+    }
     let row_bytes = w.row_bytes();
-    assert_eq!(x.len(), n_tokens * w.k);
-    assert_eq!(out.len(), n_tokens * w.rows);
+    assert_eq!(x.len(), w.k);
+    assert_eq!(out.len(), w.rows);
     let out = SharedMut(out.as_mut_ptr());
-    if let (1, Layout::Rows, Some(dot_rows)) = (n_tokens, w.layout, simd::dot_rows_f32(w.dtype)) {
+    if let (Layout::Rows, Some(dot_rows)) = (w.layout, simd::dot_rows_f32(w.dtype)) {
         pool.for_ranges(w.rows, grain(pool, w.rows), |rows| {
             // SAFETY: these rows belong to this range alone, inside `out` (w.rows long).
             let out = unsafe { std::slice::from_raw_parts_mut(out.at(rows.start), rows.len()) };
@@ -120,24 +124,101 @@ pub fn matmul(pool: &ThreadPool, x: &[f32], n_tokens: usize, w: Matrix, bias: Op
         });
         return;
     }
-    if n_tokens == 1 {
-        let dot = simd::dot_f32(w.dtype);
-        pool.for_ranges(w.rows, grain(pool, w.rows), |rows| {
-            let mut buf = [0u8; GATHER_BYTES];
-            for j in rows {
-                // SAFETY: row j belongs to this range alone and j < w.rows = out.len().
-                unsafe { *out.at(j) = w.exact_row_dot(dot, j, row_bytes, x, &mut buf) + bias.map_or(0.0, |b| b[j]) };
-            }
-        });
+    let dot = simd::dot_f32(w.dtype);
+    pool.for_ranges(w.rows, grain(pool, w.rows), |rows| {
+        let mut buf = [0u8; GATHER_BYTES];
+        for j in rows {
+            // SAFETY: row j belongs to this range alone and j < w.rows = out.len().
+            unsafe { *out.at(j) = w.exact_row_dot(dot, j, row_bytes, x, &mut buf) + bias.map_or(0.0, |b| b[j]) };
+        }
+    });
+}
+
+/// One of several matmuls of the same activations: out = x · wᵀ (+ bias).
+pub struct Product<'a> {
+    pub w: Matrix<'a>,
+    pub bias: Option<&'a [f32]>,
+    pub out: &'a mut [f32],
+}
+
+/// Matmuls that read the same n_tokens × k activations `x` (q, k and v; gate and up): the
+/// tokens are prepared (packed, or quantized) once for all of them, and the panels of every
+/// matrix share one hand-out, so the threads wait for each other once per group rather than
+/// once per matrix. With `eight_bit`, the matrices whose type has integer levels take
+/// [`matmul_8bit`]'s arithmetic; the rest, or all without it, are exact.
+pub fn matmuls(pool: &ThreadPool, x: &[f32], n_tokens: usize, products: &mut [Product], eight_bit: bool) {
+    if n_tokens == 1 && !eight_bit {
+        for p in products.iter_mut() {
+            matmul(pool, x, 1, p.w, p.bias, p.out);
+        }
         return;
     }
+    let parts: Vec<Part> = products.iter_mut().map(|p| Part::new(p, x, n_tokens)).collect();
+    let (by_levels, exact): (Vec<Part>, Vec<Part>) = parts.into_iter().partition(|p| eight_bit && p.w.dtype.traits().levels.is_some());
+    if !by_levels.is_empty() {
+        matmuls_by_levels(pool, x, n_tokens, &by_levels);
+    }
+    if !exact.is_empty() {
+        matmuls_exact(pool, x, n_tokens, &exact);
+    }
+}
+
+/// A checked [`Product`], as the threads share it: its output a pointer, and where its
+/// panels start in the group's numbering.
+#[derive(Clone, Copy)]
+struct Part<'a> {
+    w: Matrix<'a>,
+    row_bytes: usize,
+    bias: Option<&'a [f32]>,
+    out: SharedMut<f32>,
+    first_panel: usize,
+}
+
+impl<'a> Part<'a> {
+    fn new(p: &'a mut Product, x: &[f32], n_tokens: usize) -> Part<'a> {
+        let row_bytes = p.w.row_bytes();
+        assert_eq!(x.len(), n_tokens * p.w.k);
+        assert_eq!(p.out.len(), n_tokens * p.w.rows);
+        if let Some(bias) = p.bias {
+            assert_eq!(bias.len(), p.w.rows);
+        }
+        Part { w: p.w, row_bytes, bias: p.bias, out: SharedMut(p.out.as_mut_ptr()), first_panel: 0 }
+    }
+}
+
+/// Numbers the panels (of `width` rows) of every part one after the other; returns the total.
+fn number_panels(parts: &mut [Part], width: usize) -> usize {
+    let mut total = 0;
+    for p in parts.iter_mut() {
+        p.first_panel = total;
+        total += p.w.rows.div_ceil(width);
+    }
+    total
+}
+
+/// Calls `body(part, its panels)` for the panels of `range` (the group's numbering), split
+/// where one part's panels end and the next one's begin.
+fn for_parts_in(parts: &[Part], width: usize, range: Range<usize>, mut body: impl FnMut(&Part, Range<usize>)) {
+    for p in parts {
+        let end = p.first_panel + p.w.rows.div_ceil(width);
+        let (start, stop) = (range.start.max(p.first_panel), range.end.min(end));
+        if start < stop {
+            body(p, start - p.first_panel..stop - p.first_panel);
+        }
+    }
+}
+
+fn matmuls_exact(pool: &ThreadPool, x: &[f32], n_tokens: usize, parts: &[Part]) {
+    let mut parts = parts.to_vec();
+    let n_panels = number_panels(&mut parts, NR);
     PACKED_TOKENS.with(|packed| {
         let mut packed = packed.borrow_mut();
-        pack_all_tokens(pool, x, n_tokens, w.k, &mut packed);
-        let packed: &[f32] = &packed;
-        let n_panels = w.rows.div_ceil(NR);
-        pool.for_ranges_guided(n_panels, TASK_PANELS, |panels| {
-            PANELS.with(|scratch| panels_times_tokens(packed, n_tokens, w, row_bytes, panels, bias, out, &mut scratch.borrow_mut()));
+        let packed = pack_all_tokens(pool, x, n_tokens, parts[0].w.k, &mut packed);
+        pool.for_ranges_guided(n_panels, TASK_PANELS, |range| {
+            PANELS.with(|scratch| {
+                let scratch = &mut scratch.borrow_mut();
+                for_parts_in(&parts, NR, range, |p, panels| panels_times_tokens(packed, n_tokens, p.w, p.row_bytes, panels, p.bias, p.out, scratch));
+            });
         });
     });
 }
@@ -158,10 +239,16 @@ thread_local! {
 /// Every block of MR tokens of `x` packed as the tile reads them ([`pack_tokens`]): block b's
 /// element i of token t at [(b·k + i)·MR + t]. The tile then streams one buffer, where rows
 /// of x would be MR strided streams, each far from the next.
-fn pack_all_tokens(pool: &ThreadPool, x: &[f32], n_tokens: usize, k: usize, packed: &mut Vec<f32>) {
+fn pack_all_tokens<'p>(pool: &ThreadPool, x: &[f32], n_tokens: usize, k: usize, packed: &'p mut Vec<f32>) -> &'p [f32] {
     let n_blocks = n_tokens.div_ceil(MR);
-    // Every value is written below (zeros past the last token), so old contents may stay.
-    packed.resize(n_blocks * k * MR, 0.0);
+    // Every value is written below (zeros past the last token), so old contents may stay;
+    // the buffer only grows, as zeroing its growth anew for every matmul of a wider k was a
+    // serial memset.
+    let len = n_blocks * k * MR;
+    if packed.len() < len {
+        packed.resize(len, 0.0);
+    }
+    let packed = &mut packed[..len];
     let dst = SharedMut(packed.as_mut_ptr());
     pool.for_ranges(n_blocks, 1, |blocks| {
         for b in blocks {
@@ -170,6 +257,7 @@ fn pack_all_tokens(pool: &ThreadPool, x: &[f32], n_tokens: usize, k: usize, pack
             pack_tokens(x, k, b * MR, block);
         }
     });
+    packed
 }
 
 /// The output columns of `panels` (NR weight rows each, the matrix's last panel maybe
@@ -255,23 +343,30 @@ fn add_bias(bias: Option<&[f32]>, n_tokens: usize, cols: Range<usize>, rows: usi
 /// accurate as the one-token steps. Returns false, computing nothing, for a weight type
 /// without levels; the caller then uses [`matmul`].
 pub fn matmul_8bit(pool: &ThreadPool, x: &[f32], n_tokens: usize, w: Matrix, bias: Option<&[f32]>, out: &mut [f32]) -> bool {
-    let Some(levels) = w.dtype.traits().levels else { return false };
-    let row_bytes = w.row_bytes();
-    let k = w.k;
-    assert_eq!(x.len(), n_tokens * k);
-    assert_eq!(out.len(), n_tokens * w.rows);
+    if w.dtype.traits().levels.is_none() {
+        return false;
+    }
+    matmuls(pool, x, n_tokens, &mut [Product { w, bias, out }], true);
+    true
+}
+
+/// [`matmul_8bit`] for parts that all have levels, quantizing the tokens once.
+fn matmuls_by_levels(pool: &ThreadPool, x: &[f32], n_tokens: usize, parts: &[Part]) {
+    let mut parts = parts.to_vec();
+    let n_panels = number_panels(&mut parts, NR8);
+    let k = parts[0].w.k;
     let tokens = TokenLevels::quantize(pool, x, n_tokens, k);
     let tokens = Tokens { levels: &tokens.levels, scales: &tokens.scales, sums: &tokens.sums, k };
-    let out = SharedMut(out.as_mut_ptr());
-    let n_panels = w.rows.div_ceil(NR8);
-    pool.for_ranges(n_panels, 1, |panels| {
+    pool.for_ranges(n_panels, 1, |range| {
         let mut scratch = Panel8::new();
-        for p in panels {
-            let cols = p * NR8..((p + 1) * NR8).min(w.rows);
-            panel_times_tokens_8bit(&tokens, n_tokens, w, row_bytes, levels, cols, bias, out, &mut scratch);
-        }
+        for_parts_in(&parts, NR8, range, |p, panels| {
+            let levels = p.w.dtype.traits().levels.expect("parts with levels only");
+            for panel in panels {
+                let cols = panel * NR8..((panel + 1) * NR8).min(p.w.rows);
+                panel_times_tokens_8bit(&tokens, n_tokens, p.w, p.row_bytes, levels, cols, p.bias, p.out, &mut scratch);
+            }
+        });
     });
-    true
 }
 
 /// Activations quantized as Q8_1 (the decode kernels' rounding), unpacked for the 8-bit tile.
@@ -531,6 +626,50 @@ mod tests {
                             let got = out[t * rows + j] as f64;
                             assert!((got - exact).abs() <= 1e-5 * magnitude + 1e-6, "{dtype} threads={threads} n_tokens={n_tokens} t={t} j={j}: {got} vs {exact}");
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A group of matmuls of one input gives each matrix's own result bit for bit (the same
+    /// tiles over the same k slices): mixed types, with and without levels and with and
+    /// without a bias, row counts that end in partial panels and make ranges cross from one
+    /// matrix to the next, exact and 8-bit, 1 and 3 threads.
+    #[test]
+    fn grouped_matmuls_equal_separate_ones() {
+        let mut seed = 11u32;
+        let k = 512;
+        let shapes = [(DType::Q4_0, 40), (DType::F16, 21), (DType::Q6_K, 16), (DType::Q8_0, 75)];
+        let weights: Vec<(DType, usize, Vec<u8>, Vec<f32>)> = shapes
+            .iter()
+            .map(|&(dtype, rows)| {
+                let case = Case { k, rows, w_f32: random(&mut seed, k * rows), bias: random(&mut seed, rows) };
+                (dtype, rows, quantized(dtype, &case).0, case.bias)
+            })
+            .collect();
+        fn matrix((dtype, rows, w, _): &(DType, usize, Vec<u8>, Vec<f32>)) -> Matrix<'_> {
+            Matrix { bytes: w, dtype: *dtype, k: 512, rows: *rows, layout: Layout::Rows }
+        }
+        for threads in [1, 3] {
+            let pool = ThreadPool::new(threads).unwrap();
+            for eight_bit in [false, true] {
+                for n_tokens in [2, 13] {
+                    let x = random(&mut seed, n_tokens * k);
+                    let bias = |i: usize| (i % 2 == 0).then_some(&weights[i].3[..]);
+                    let mut separate: Vec<Vec<f32>> = weights.iter().map(|w| vec![f32::NAN; n_tokens * w.1]).collect();
+                    for (i, out) in separate.iter_mut().enumerate() {
+                        let m = matrix(&weights[i]);
+                        if !(eight_bit && matmul_8bit(&pool, &x, n_tokens, m, bias(i), out)) {
+                            matmul(&pool, &x, n_tokens, m, bias(i), out);
+                        }
+                    }
+                    let mut grouped: Vec<Vec<f32>> = weights.iter().map(|w| vec![f32::NAN; n_tokens * w.1]).collect();
+                    let mut products: Vec<Product> = grouped.iter_mut().enumerate().map(|(i, out)| Product { w: matrix(&weights[i]), bias: bias(i), out }).collect();
+                    matmuls(&pool, &x, n_tokens, &mut products, eight_bit);
+                    for (i, (a, b)) in separate.iter().zip(&grouped).enumerate() {
+                        let same = a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(same, "{} threads={threads} eight_bit={eight_bit} n_tokens={n_tokens}", weights[i].0);
                     }
                 }
             }
