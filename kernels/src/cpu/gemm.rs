@@ -127,6 +127,74 @@ unsafe fn pack_panel_avx2(rows: *const f32, ld: usize, kc: usize, panel: *mut f3
     }
 }
 
+/// How a float matrix stores its values, for [`pack_panel_widening`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Float {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl Float {
+    fn size(self) -> usize {
+        match self {
+            Float::F32 => 4,
+            Float::F16 | Float::Bf16 => 2,
+        }
+    }
+}
+
+/// [`pack_panel`] of NR full rows read straight from a float matrix's bytes (row c's element
+/// i at rows[c·ld + i·size]), widened to f32 on the way, with no f32 copy of the rows in
+/// between: sixteen row streams in flight at once, where widening one row at a time stalled
+/// on each row's first cache line. Returns false, doing nothing, where only the two-step
+/// form applies (no AVX2, or kc not a multiple of 8).
+pub fn pack_panel_widening(float: Float, rows: &[u8], ld: usize, kc: usize, panel: &mut [f32]) -> bool {
+    assert!(kc >= 1 && ld >= kc * float.size() && rows.len() >= (NR - 1) * ld + kc * float.size() && panel.len() >= kc * NR);
+    #[cfg(target_arch = "x86_64")]
+    if kc % 8 == 0 && super::simd::isa() == super::simd::Isa::Avx2 {
+        let (rows, panel) = (rows.as_ptr(), panel.as_mut_ptr());
+        // SAFETY: AVX2 and F16C are present; the reads stay inside the NR rows of kc values
+        // and the writes inside panel[..kc·NR] (both checked above).
+        unsafe {
+            match float {
+                Float::F32 => pack_panel_widening_avx2::<{ Float::F32 as u8 }>(rows, ld, kc, panel),
+                Float::F16 => pack_panel_widening_avx2::<{ Float::F16 as u8 }>(rows, ld, kc, panel),
+                Float::Bf16 => pack_panel_widening_avx2::<{ Float::Bf16 as u8 }>(rows, ld, kc, panel),
+            }
+        }
+        return true;
+    }
+    false
+}
+
+/// [`pack_panel_widening`] for `FLOAT` (a [`Float`] as u8).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn pack_panel_widening_avx2<const FLOAT: u8>(rows: *const u8, ld: usize, kc: usize, panel: *mut f32) {
+    use std::arch::x86_64::*;
+    let size = if FLOAT == Float::F32 as u8 { 4 } else { 2 };
+    for i0 in (0..kc).step_by(8) {
+        for half in 0..NR / 8 {
+            let mut r = [_mm256_setzero_ps(); 8];
+            for (c, r) in r.iter_mut().enumerate() {
+                let at = rows.add((half * 8 + c) * ld + i0 * size);
+                *r = if FLOAT == Float::F32 as u8 {
+                    _mm256_loadu_ps(at.cast())
+                } else if FLOAT == Float::F16 as u8 {
+                    _mm256_cvtph_ps(_mm_loadu_si128(at.cast()))
+                } else {
+                    _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(at.cast()))))
+                };
+            }
+            let columns = transpose_8x8(r);
+            for (j, column) in columns.into_iter().enumerate() {
+                _mm256_storeu_ps(panel.add((i0 + j) * NR + half * 8), column);
+            }
+        }
+    }
+}
+
 /// Eight rows of eight values in, their eight columns out.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
@@ -335,6 +403,34 @@ mod tests {
                         assert_eq!(panel[i * NR + c], want, "panel: kc={kc} n_rows={n_rows} i={i} c={c}");
                     }
                 }
+            }
+        }
+    }
+
+    /// Widening while packing gives what widening each row and then packing gives, for
+    /// every float type: rows wider than the slice, at an offset inside them.
+    #[test]
+    fn widening_packing_matches_widening_then_packing() {
+        use crate::dtype::DType;
+        let (k, k0, kc) = (72, 16, 48);
+        for (float, dtype) in [(Float::F32, DType::F32), (Float::F16, DType::F16), (Float::Bf16, DType::BF16)] {
+            let values: Vec<f32> = (0..NR * k).map(|i| (i as f32 * 0.37).sin() * 100.0).collect();
+            let row_bytes = dtype.row_bytes(k).unwrap();
+            let mut bytes = vec![0u8; NR * row_bytes];
+            for (src, dst) in values.chunks_exact(k).zip(bytes.chunks_exact_mut(row_bytes)) {
+                (dtype.traits().from_f32.unwrap())(src, dst);
+            }
+            let mut rows = vec![0f32; NR * kc];
+            for (c, row) in rows.chunks_exact_mut(kc).enumerate() {
+                (dtype.traits().to_f32)(&bytes[c * row_bytes + k0 * float.size()..][..kc * float.size()], row);
+            }
+            let mut expected = vec![f32::NAN; kc * NR];
+            pack_panel(&rows, kc, NR, kc, &mut expected);
+            let mut got = vec![f32::NAN; kc * NR];
+            if pack_panel_widening(float, &bytes[k0 * float.size()..], row_bytes, kc, &mut got) {
+                assert!(got.iter().zip(&expected).all(|(a, b)| a.to_bits() == b.to_bits()), "{float:?}");
+            } else {
+                assert_ne!(crate::cpu::simd::isa(), crate::cpu::simd::Isa::Avx2, "AVX2 declined a multiple of 8");
             }
         }
     }

@@ -13,7 +13,7 @@
 
 use std::ops::Range;
 
-use super::gemm::{pack_panel, pack_tokens, tile, tiles_along_tokens, Tokens as TileTokens, MR, NR};
+use super::gemm::{pack_panel, pack_panel_widening, pack_tokens, tile, tiles_along_tokens, Float, Tokens as TileTokens, MR, NR};
 use super::gemm_i8::{tile_i8, Tokens, MR8, NR8};
 use super::interleave::{self, GROUP};
 use super::pool::{SharedMut, ThreadPool};
@@ -268,6 +268,12 @@ fn panels_times_tokens(packed: &[f32], n_tokens: usize, w: Matrix, row_bytes: us
     let k = w.k;
     let block = w.dtype.block_size();
     let to_f32 = simd::to_f32(w.dtype);
+    let float = match w.dtype {
+        DType::F32 => Some(Float::F32),
+        DType::F16 => Some(Float::F16),
+        DType::BF16 => Some(Float::Bf16),
+        _ => None,
+    };
     let mut buf = [0u8; GATHER_BYTES];
     scratch.resize((panels.len() + 1) * KC * NR, 0.0);
     let (rows_f32, packed_panels) = scratch.split_at_mut(KC * NR);
@@ -276,6 +282,12 @@ fn panels_times_tokens(packed: &[f32], n_tokens: usize, w: Matrix, row_bytes: us
         let kc = KC.min(k - k0);
         for (p, panel) in panels.clone().zip(packed_panels.chunks_exact_mut(KC * NR)) {
             let cols = cols_of(p);
+            if let (Some(float), Layout::Rows, NR) = (float, w.layout, cols.len()) {
+                let rows = &w.bytes[cols.start * row_bytes + k0 * w.dtype.type_size()..];
+                if pack_panel_widening(float, rows, row_bytes, kc, &mut panel[..kc * NR]) {
+                    continue;
+                }
+            }
             for (c, j) in cols.clone().enumerate() {
                 to_f32(w.row_blocks(j, k0 / block..(k0 + kc) / block, row_bytes, &mut buf), &mut rows_f32[c * KC..][..kc]);
             }
@@ -286,6 +298,14 @@ fn panels_times_tokens(packed: &[f32], n_tokens: usize, w: Matrix, row_bytes: us
             let x = &packed[(t0 / MR * k + k0) * MR..];
             for (p, panel) in panels.clone().zip(packed_panels.chunks_exact(KC * NR)) {
                 let cols = cols_of(p);
+                if t0 == 0 && k0 + KC < k && w.layout == Layout::Rows {
+                    // The next slice of this panel's rows, from memory into L2 while the
+                    // tiles run: converting it had stalled on every row's first line.
+                    let next = (k0 + KC) / block..(k0 + 2 * KC).min(k) / block;
+                    for j in cols.clone() {
+                        simd::prefetch(w.row_blocks(j, next.clone(), row_bytes, &mut buf));
+                    }
+                }
                 if cols.len() == NR {
                     // SAFETY: the tiles cover tokens t0..t0 + chunk and this panel's NR
                     // columns, inside the n_tokens × rows output, and no other thread
