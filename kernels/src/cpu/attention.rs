@@ -4,6 +4,7 @@
 use std::cell::RefCell;
 
 use half::f16;
+use wide::f32x8;
 
 use super::gemm::{pack_panel, tile, Tokens, MR, NR};
 use super::pool::{SharedMut, ThreadPool};
@@ -228,9 +229,7 @@ fn attend_in_blocks(pool: &ThreadPool, q: &[f32], packed_keys: &[f32], values_f3
                 for t in 0..mr {
                     let row = &mut scores[t * width..(t + 1) * width];
                     let visible = pos0 + t0 + t + 1;
-                    for v in row[..visible].iter_mut() {
-                        *v *= s.scale;
-                    }
+                    scale(&mut row[..visible], s.scale);
                     softmax(&mut row[..visible]);
                     row[visible..].fill(0.0);
                 }
@@ -248,11 +247,28 @@ fn attend_in_blocks(pool: &ThreadPool, q: &[f32], packed_keys: &[f32], values_f3
 
 /// In-place softmax, shifted by the max for stability.
 pub fn softmax(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let inv = 1.0 / exp_shifted(x, max);
-    for v in x.iter_mut() {
-        *v *= inv;
+    let inv = 1.0 / exp_shifted(x, max(x));
+    scale(x, inv);
+}
+
+/// The largest value. A NaN may be skipped here: it still reaches every output through exp.
+fn max(x: &[f32]) -> f32 {
+    let mut chunks = x.chunks_exact(8);
+    let mut max8 = f32x8::splat(f32::NEG_INFINITY);
+    for c in &mut chunks {
+        max8 = max8.fast_max(f32x8::from(<[f32; 8]>::try_from(c).unwrap()));
     }
+    chunks.remainder().iter().chain(&max8.to_array()).copied().fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// x[i] *= factor, eight lanes at a time.
+fn scale(x: &mut [f32], factor: f32) {
+    let mut chunks = x.chunks_exact_mut(8);
+    for c in &mut chunks {
+        let v = f32x8::from(<[f32; 8]>::try_from(&*c).unwrap()) * factor;
+        c.copy_from_slice(&v.to_array());
+    }
+    chunks.into_remainder().iter_mut().for_each(|v| *v *= factor);
 }
 
 #[cfg(test)]
