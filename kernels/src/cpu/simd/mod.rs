@@ -52,6 +52,7 @@ fn detect() -> Isa {
 
 /// Asks for `bytes` to be brought into L2 ahead of their use (a hint: no effect on results;
 /// only x86-64 issues one).
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 pub fn prefetch(bytes: &[u8]) {
     #[cfg(target_arch = "x86_64")]
     for line in (0..bytes.len()).step_by(64) {
