@@ -135,3 +135,22 @@ fn token_by_token_decoding_matches() {
     }
     assert_no_failures(failures);
 }
+
+/// Prefill as generation runs it (an executor planned for last-token logits, whose last
+/// layer computes queries and everything after them for the last position alone), in two
+/// batches: each batch's logits equal the reference at its last position, which only holds
+/// if that position's rotation and causal window are its own.
+#[test]
+fn prefill_for_generation_matches_at_the_last_position() {
+    let mut failures = Vec::new();
+    for v in variants() {
+        let t = load(&v);
+        let n = t.tokens.len();
+        let mut exec = t.model.executor(n, n, false, 2).unwrap();
+        let first = exec.forward(&t.tokens[..10], 0, false).unwrap().to_vec();
+        check(&mut failures, "prefill of 10", &t, compare(&first, &t.reference, t.vocab, 9..10));
+        let rest = exec.forward(&t.tokens[10..], 10, false).unwrap().to_vec();
+        check(&mut failures, "prefill of the rest", &t, compare(&rest, &t.reference, t.vocab, n - 1..n));
+    }
+    assert_no_failures(failures);
+}

@@ -9,7 +9,8 @@ use retort_kernels::DType;
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 
-/// An activation: `rows x width` f32, rows = tokens in the batch (or 1 after [`Op::LastRow`]).
+/// An activation: `rows x width` f32, rows = tokens in the batch (or 1 after [`Op::LastRow`]:
+/// an activation with fewer rows than the batch holds its last positions).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ActId(pub usize);
 

@@ -37,7 +37,12 @@ pub fn build(file: &GgufFile, hp: &HParams) -> Result<Graph> {
         let (wq, bq) = (g.weight(&name("attn_q.weight"), &[d, q_width])?, g.optional_weight(&name("attn_q.bias"), &[q_width])?);
         let (wk, bk) = (g.weight(&name("attn_k.weight"), &[d, k_width])?, g.optional_weight(&name("attn_k.bias"), &[k_width])?);
         let (wv, bv) = (g.weight(&name("attn_v.weight"), &[d, v_width])?, g.optional_weight(&name("attn_v.bias"), &[v_width])?);
-        let mut q = g.matmul(h, wq, bq);
+        // The last layer's outputs matter only at the rows that get logits (the last, when
+        // generating): its queries, and all that follows them, are computed for those rows
+        // alone, while its keys and values still go into the cache for every row.
+        let last_layer = l + 1 == hp.n_layer;
+        let h_q = if last_layer { g.last_row(h) } else { h };
+        let mut q = g.matmul(h_q, wq, bq);
         let mut k = g.matmul(h, wk, bk);
         let v = g.matmul(h, wv, bv);
         if hp.arch == Arch::Qwen3 {
@@ -52,6 +57,7 @@ pub fn build(file: &GgufFile, hp: &HParams) -> Result<Graph> {
         let attn = g.attention(l, q, hp.n_head, hp.n_head_kv, hd, vd);
         let wo = g.weight(&name("attn_output.weight"), &[q_width / hd * vd, d])?;
         let attn_out = g.matmul(attn, wo, None);
+        x = if last_layer { g.last_row(x) } else { x };
         x = g.add(x, attn_out);
 
         // Feed-forward: x += W_down · (silu(W_gate·norm(x)) * W_up·norm(x))
@@ -68,7 +74,6 @@ pub fn build(file: &GgufFile, hp: &HParams) -> Result<Graph> {
     }
 
     let output_norm = g.weight("output_norm.weight", &[d])?;
-    let x = g.last_row(x);
     let x = g.rms_norm(x, output_norm, eps);
     // Tied embeddings: without output.weight the token embedding is the output projection.
     let output = g.optional_weight("output.weight", &[d, n_vocab])?.unwrap_or(token_embd);

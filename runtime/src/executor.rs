@@ -303,8 +303,10 @@ impl<'m> Executor<'m> {
                     self.quantized_from = None; // rotated in place below
                 }
                 let half = rope.n_rot / 2;
-                let (width, n) = (self.graph.act_widths[x.0], self.rows[x.0]);
-                let computed_for = Some((pos0, n, rope.clone()));
+                let (width, n, n_step) = (self.graph.act_widths[x.0], self.rows[x.0], tokens.len());
+                // Rows past a LastRow are the step's last positions.
+                let first = n_step - n;
+                let computed_for = Some((pos0, n_step, rope.clone()));
                 if self.rope_angles.computed_for != computed_for {
                     let params = RopeParams {
                         style: rope.style,
@@ -315,7 +317,7 @@ impl<'m> Executor<'m> {
                         freq_factors: rope.freq_factors.map(|f| vector(&self.weights, f)),
                     };
                     let table = &mut self.rope_angles.table;
-                    table.resize(n * half, (0.0, 0.0));
+                    table.resize(n_step * half, (0.0, 0.0));
                     for (t, angles) in table.chunks_exact_mut(half.max(1)).enumerate() {
                         cpu::rope::angles(pos0 + t, &params, angles);
                     }
@@ -325,7 +327,7 @@ impl<'m> Executor<'m> {
                 let offset = self.plan.offsets[x.0];
                 self.pool.for_row_chunks(&mut self.arena[offset..offset + n * width], width, |t0, rows| {
                     for (t, row) in rows.chunks_exact_mut(width).enumerate() {
-                        cpu::rope::rotate(row, &table[(t0 + t) * half..][..half], rope.style, rope.head_dim);
+                        cpu::rope::rotate(row, &table[(first + t0 + t) * half..][..half], rope.style, rope.head_dim);
                     }
                 });
             }
@@ -343,7 +345,9 @@ impl<'m> Executor<'m> {
                 let (o_off, o_len) = (self.plan.offsets[out.0], self.rows[out.0] * self.graph.act_widths[out.0]);
                 let (keys, values) = self.kv.layer(layer);
                 let (q_slice, out_slice) = split_disjoint(&mut self.arena, q_off..q_off + q_len, o_off..o_off + o_len);
-                cpu::attention(&self.pool, q_slice, keys, values, self.kv.n_ctx(), pos0, &shape, out_slice);
+                // Queries past a LastRow are the step's last positions.
+                let first_query = pos0 + tokens.len() - self.rows[q.0];
+                cpu::attention(&self.pool, q_slice, keys, values, self.kv.n_ctx(), first_query, &shape, out_slice);
             }
             Op::Add { a, b, out } => {
                 self.rows[out.0] = self.rows[a.0];
