@@ -281,10 +281,7 @@ impl<'m> Executor<'m> {
                 self.rows[out.0] = 1;
                 let (rx, ro) = (self.act_range(x), self.act_range(out));
                 let w = matrix(&self.weights, &self.repacked, weight);
-                let base = self.arena.as_mut_ptr();
-                assert!(disjoint(&rx, &ro), "planner placed live activations on top of each other");
-                // SAFETY: disjoint ranges inside the arena (asserted).
-                let (src, dst) = unsafe { (std::slice::from_raw_parts(base.add(rx.start), rx.len()), std::slice::from_raw_parts_mut(base.add(ro.start), ro.len())) };
+                let (src, dst) = split_disjoint(&mut self.arena, rx, ro);
                 let bias = bias.map(|b| vector(&self.weights, b));
                 match simd::vec_dot(w.dtype).filter(|_| !self.exact) {
                     Some(kernel) => {

@@ -9,7 +9,7 @@ use wide::f32x8;
 use super::gemm::{pack_panel, tile, Tokens, MR, NR};
 use super::pool::{SharedMut, ThreadPool};
 use super::simd;
-use super::vec::{dot, exp_shifted};
+use super::vec::{dot, exp_shifted, grow};
 use crate::dtype::DType;
 
 thread_local! {
@@ -18,12 +18,6 @@ thread_local! {
     static PREPARED_KV: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
-/// Lengthens `buf` to at least `len`; never shortens it, so later calls do not zero it again.
-fn grow(buf: &mut Vec<f32>, len: usize) {
-    if buf.len() < len {
-        buf.resize(len, 0.0);
-    }
-}
 
 pub struct AttentionShape {
     pub n_head: usize,
@@ -175,8 +169,10 @@ fn attention_tiled(pool: &ThreadPool, q: &[f32], keys: KvRows, values: KvRows, c
         grow(packed_keys, s.n_head_kv * panels_len);
         grow(values_f32, s.n_head_kv * n_panels * NR * vd);
         let (keys_out, values_out) = (SharedMut(packed_keys.as_mut_ptr()), SharedMut(values_f32.as_mut_ptr()));
-        pool.for_ranges(s.n_head_kv * n_panels, 1, |tasks| {
-            let mut rows = vec![0f32; NR * hd];
+        pool.for_ranges(s.n_head_kv * n_panels, 1, |tasks| SCORES.with(|rows| {
+            // The scores' buffer, idle until the blocks below, holds a panel's keys meanwhile.
+            let mut rows = rows.borrow_mut();
+            grow(&mut rows, NR * hd);
             for task in tasks {
                 let (kv, panel) = (task / n_panels, task % n_panels);
                 let positions = panel * NR..((panel + 1) * NR).min(n_ctx);
@@ -196,7 +192,7 @@ fn attention_tiled(pool: &ThreadPool, q: &[f32], keys: KvRows, values: KvRows, c
                     values.row_f32(kv * capacity + p, value);
                 }
             }
-        });
+        }));
         attend_in_blocks(pool, q, &packed_keys[..s.n_head_kv * panels_len], &values_f32[..s.n_head_kv * n_ctx * vd], pos0, s, out);
     });
 }

@@ -5,6 +5,7 @@
 //! registers plus 2 for the panel and 1 for the broadcast: all 16 ymm registers, and 12 FMAs
 //! for 3 loads, which keeps both FMA ports busy.
 
+use crate::dtype::DType;
 
 /// Weight rows per panel: two 8-lane registers.
 pub const NR: usize = 16;
@@ -127,40 +128,27 @@ unsafe fn pack_panel_avx2(rows: *const f32, ld: usize, kc: usize, panel: *mut f3
     }
 }
 
-/// How a float matrix stores its values, for [`pack_panel_widening`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Float {
-    F32,
-    F16,
-    Bf16,
-}
-
-impl Float {
-    fn size(self) -> usize {
-        match self {
-            Float::F32 => 4,
-            Float::F16 | Float::Bf16 => 2,
-        }
+/// [`pack_panel`] of NR full rows read straight from a float matrix's bytes (F32, F16 or
+/// BF16 `dtype`; row c's element i at rows[c·ld + i·size]), widened to f32 on the way, with
+/// no f32 copy of the rows in between: sixteen row streams in flight at once, where widening
+/// one row at a time stalled on each row's first cache line. Returns false, doing nothing,
+/// where only the two-step form applies (another type, no AVX2, or kc not a multiple of 8).
+pub fn pack_panel_widening(dtype: DType, rows: &[u8], ld: usize, kc: usize, panel: &mut [f32]) -> bool {
+    if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+        return false;
     }
-}
-
-/// [`pack_panel`] of NR full rows read straight from a float matrix's bytes (row c's element
-/// i at rows[c·ld + i·size]), widened to f32 on the way, with no f32 copy of the rows in
-/// between: sixteen row streams in flight at once, where widening one row at a time stalled
-/// on each row's first cache line. Returns false, doing nothing, where only the two-step
-/// form applies (no AVX2, or kc not a multiple of 8).
-pub fn pack_panel_widening(float: Float, rows: &[u8], ld: usize, kc: usize, panel: &mut [f32]) -> bool {
-    assert!(kc >= 1 && ld >= kc * float.size() && rows.len() >= (NR - 1) * ld + kc * float.size() && panel.len() >= kc * NR);
+    let size = dtype.type_size();
+    assert!(kc >= 1 && ld >= kc * size && rows.len() >= (NR - 1) * ld + kc * size && panel.len() >= kc * NR);
     #[cfg(target_arch = "x86_64")]
     if kc % 8 == 0 && super::simd::isa() == super::simd::Isa::Avx2 {
         let (rows, panel) = (rows.as_ptr(), panel.as_mut_ptr());
         // SAFETY: AVX2 and F16C are present; the reads stay inside the NR rows of kc values
         // and the writes inside panel[..kc·NR] (both checked above).
         unsafe {
-            match float {
-                Float::F32 => pack_panel_widening_avx2::<{ Float::F32 as u8 }>(rows, ld, kc, panel),
-                Float::F16 => pack_panel_widening_avx2::<{ Float::F16 as u8 }>(rows, ld, kc, panel),
-                Float::Bf16 => pack_panel_widening_avx2::<{ Float::Bf16 as u8 }>(rows, ld, kc, panel),
+            match dtype {
+                DType::F32 => pack_panel_widening_avx2::<WIDEN_F32>(rows, ld, kc, panel),
+                DType::F16 => pack_panel_widening_avx2::<WIDEN_F16>(rows, ld, kc, panel),
+                _ => pack_panel_widening_avx2::<WIDEN_BF16>(rows, ld, kc, panel),
             }
         }
         return true;
@@ -168,20 +156,28 @@ pub fn pack_panel_widening(float: Float, rows: &[u8], ld: usize, kc: usize, pane
     false
 }
 
-/// [`pack_panel_widening`] for `FLOAT` (a [`Float`] as u8).
+/// The float types of [`pack_panel_widening_avx2`], as its const parameter.
+#[cfg(target_arch = "x86_64")]
+const WIDEN_F32: u8 = 0;
+#[cfg(target_arch = "x86_64")]
+const WIDEN_F16: u8 = 1;
+#[cfg(target_arch = "x86_64")]
+const WIDEN_BF16: u8 = 2;
+
+/// [`pack_panel_widening`] for `FLOAT` (one of the WIDEN_ constants).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,f16c")]
 unsafe fn pack_panel_widening_avx2<const FLOAT: u8>(rows: *const u8, ld: usize, kc: usize, panel: *mut f32) {
     use std::arch::x86_64::*;
-    let size = if FLOAT == Float::F32 as u8 { 4 } else { 2 };
+    let size = if FLOAT == WIDEN_F32 { 4 } else { 2 };
     for i0 in (0..kc).step_by(8) {
         for half in 0..NR / 8 {
             let mut r = [_mm256_setzero_ps(); 8];
             for (c, r) in r.iter_mut().enumerate() {
                 let at = rows.add((half * 8 + c) * ld + i0 * size);
-                *r = if FLOAT == Float::F32 as u8 {
+                *r = if FLOAT == WIDEN_F32 {
                     _mm256_loadu_ps(at.cast())
-                } else if FLOAT == Float::F16 as u8 {
+                } else if FLOAT == WIDEN_F16 {
                     _mm256_cvtph_ps(_mm_loadu_si128(at.cast()))
                 } else {
                     _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(at.cast()))))
@@ -411,9 +407,9 @@ mod tests {
     /// every float type: rows wider than the slice, at an offset inside them.
     #[test]
     fn widening_packing_matches_widening_then_packing() {
-        use crate::dtype::DType;
         let (k, k0, kc) = (72, 16, 48);
-        for (float, dtype) in [(Float::F32, DType::F32), (Float::F16, DType::F16), (Float::Bf16, DType::BF16)] {
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            let size = dtype.type_size();
             let values: Vec<f32> = (0..NR * k).map(|i| (i as f32 * 0.37).sin() * 100.0).collect();
             let row_bytes = dtype.row_bytes(k).unwrap();
             let mut bytes = vec![0u8; NR * row_bytes];
@@ -422,17 +418,19 @@ mod tests {
             }
             let mut rows = vec![0f32; NR * kc];
             for (c, row) in rows.chunks_exact_mut(kc).enumerate() {
-                (dtype.traits().to_f32)(&bytes[c * row_bytes + k0 * float.size()..][..kc * float.size()], row);
+                (dtype.traits().to_f32)(&bytes[c * row_bytes + k0 * size..][..kc * size], row);
             }
             let mut expected = vec![f32::NAN; kc * NR];
             pack_panel(&rows, kc, NR, kc, &mut expected);
             let mut got = vec![f32::NAN; kc * NR];
-            if pack_panel_widening(float, &bytes[k0 * float.size()..], row_bytes, kc, &mut got) {
-                assert!(got.iter().zip(&expected).all(|(a, b)| a.to_bits() == b.to_bits()), "{float:?}");
+            if pack_panel_widening(dtype, &bytes[k0 * size..], row_bytes, kc, &mut got) {
+                assert!(got.iter().zip(&expected).all(|(a, b)| a.to_bits() == b.to_bits()), "{dtype}");
             } else {
                 assert_ne!(crate::cpu::simd::isa(), crate::cpu::simd::Isa::Avx2, "AVX2 declined a multiple of 8");
             }
         }
+        let q8_0 = vec![0u8; NR * DType::Q8_0.row_bytes(64).unwrap()];
+        assert!(!pack_panel_widening(DType::Q8_0, &q8_0, DType::Q8_0.row_bytes(64).unwrap(), 32, &mut [0f32; 32 * NR]), "a block type is not widened");
     }
 
     #[test]

@@ -13,11 +13,12 @@
 
 use std::ops::Range;
 
-use super::gemm::{pack_panel, pack_panel_widening, pack_tokens, tile, tiles_along_tokens, Float, Tokens as TileTokens, MR, NR};
+use super::gemm::{pack_panel, pack_panel_widening, pack_tokens, tile, tiles_along_tokens, Tokens as TileTokens, MR, NR};
 use super::gemm_i8::{tile_i8, Tokens, MR8, NR8};
 use super::interleave::{self, GROUP};
 use super::pool::{SharedMut, ThreadPool};
 use super::simd::{self, VecDot};
+use super::vec::grow;
 use crate::dtype::{AffineLevels, DType};
 
 /// Elements of k per packed panel: a multiple of every block size (1, 32, 256), so a slice
@@ -234,6 +235,9 @@ thread_local! {
     /// panels, kept between matmuls: fresh buffers of megabytes would be zeroed every time.
     static PACKED_TOKENS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     static PANELS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Each thread's 8-bit panel, made on its first use: one per handed-out range had been
+    /// an allocation and zeroing of ~20 KiB per panel of 8 rows.
+    static PANEL8: std::cell::RefCell<Option<Panel8>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Every block of MR tokens of `x` packed as the tile reads them ([`pack_tokens`]): block b's
@@ -245,9 +249,7 @@ fn pack_all_tokens<'p>(pool: &ThreadPool, x: &[f32], n_tokens: usize, k: usize, 
     // the buffer only grows, as zeroing its growth anew for every matmul of a wider k was a
     // serial memset.
     let len = n_blocks * k * MR;
-    if packed.len() < len {
-        packed.resize(len, 0.0);
-    }
+    grow(packed, len);
     let packed = &mut packed[..len];
     let dst = SharedMut(packed.as_mut_ptr());
     pool.for_ranges(n_blocks, 1, |blocks| {
@@ -268,12 +270,6 @@ fn panels_times_tokens(packed: &[f32], n_tokens: usize, w: Matrix, row_bytes: us
     let k = w.k;
     let block = w.dtype.block_size();
     let to_f32 = simd::to_f32(w.dtype);
-    let float = match w.dtype {
-        DType::F32 => Some(Float::F32),
-        DType::F16 => Some(Float::F16),
-        DType::BF16 => Some(Float::Bf16),
-        _ => None,
-    };
     let mut buf = [0u8; GATHER_BYTES];
     scratch.resize((panels.len() + 1) * KC * NR, 0.0);
     let (rows_f32, packed_panels) = scratch.split_at_mut(KC * NR);
@@ -282,9 +278,9 @@ fn panels_times_tokens(packed: &[f32], n_tokens: usize, w: Matrix, row_bytes: us
         let kc = KC.min(k - k0);
         for (p, panel) in panels.clone().zip(packed_panels.chunks_exact_mut(KC * NR)) {
             let cols = cols_of(p);
-            if let (Some(float), Layout::Rows, NR) = (float, w.layout, cols.len()) {
-                let rows = &w.bytes[cols.start * row_bytes + k0 * w.dtype.type_size()..];
-                if pack_panel_widening(float, rows, row_bytes, kc, &mut panel[..kc * NR]) {
+            if let (Layout::Rows, NR) = (w.layout, cols.len()) {
+                let rows = &w.bytes[cols.start * row_bytes + k0 / block * w.dtype.type_size()..];
+                if pack_panel_widening(w.dtype, rows, row_bytes, kc, &mut panel[..kc * NR]) {
                     continue;
                 }
             }
@@ -378,13 +374,16 @@ fn matmuls_by_levels(pool: &ThreadPool, x: &[f32], n_tokens: usize, parts: &[Par
     let tokens = TokenLevels::quantize(pool, x, n_tokens, k);
     let tokens = Tokens { levels: &tokens.levels, scales: &tokens.scales, sums: &tokens.sums, k };
     pool.for_ranges(n_panels, 1, |range| {
-        let mut scratch = Panel8::new();
-        for_parts_in(&parts, NR8, range, |p, panels| {
-            let levels = p.w.dtype.traits().levels.expect("parts with levels only");
-            for panel in panels {
-                let cols = panel * NR8..((panel + 1) * NR8).min(p.w.rows);
-                panel_times_tokens_8bit(&tokens, n_tokens, p.w, p.row_bytes, levels, cols, p.bias, p.out, &mut scratch);
-            }
+        PANEL8.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let scratch = scratch.get_or_insert_with(Panel8::new);
+            for_parts_in(&parts, NR8, range, |p, panels| {
+                let levels = p.w.dtype.traits().levels.expect("parts with levels only");
+                for panel in panels {
+                    let cols = panel * NR8..((panel + 1) * NR8).min(p.w.rows);
+                    panel_times_tokens_8bit(&tokens, n_tokens, p.w, p.row_bytes, levels, cols, p.bias, p.out, scratch);
+                }
+            });
         });
     });
 }

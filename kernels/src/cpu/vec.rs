@@ -58,6 +58,14 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
     total
 }
 
+/// Lengthens `buf` to at least `len`; never shortens it, so a scratch buffer kept between
+/// calls of different sizes is not zeroed again each time it is needed longer.
+pub(crate) fn grow(buf: &mut Vec<f32>, len: usize) {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+}
+
 /// out[i] = a[i] + b[i].
 pub fn add(a: &[f32], b: &[f32], out: &mut [f32]) {
     assert!(a.len() == b.len() && a.len() == out.len());
