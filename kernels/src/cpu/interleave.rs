@@ -17,14 +17,16 @@
 //! so one 32-byte load holds the same 4 bytes of all 8 rows, and an integer multiply-add
 //! against those 4 activation bytes broadcast leaves each row's partial sum in its own lane:
 //! 8 rows take one scale conversion and one fused multiply-add per block, and no horizontal
-//! sums. The bytes are the file's, only moved: the same size, and every other reader of the
-//! matrix ([`block_range_of_row`]) gets the original blocks back exactly.
+//! sums. The bytes are the file's, only moved (one exception: Q6_K's levels are recoded, see
+//! [`recoded_field`]): the same size, and every other reader of the matrix
+//! ([`block_range_of_row`]) gets the original blocks back exactly.
 
 use std::ops::Range;
 
 use super::matmul::Layout;
 use super::pool::{SharedMut, ThreadPool};
 use crate::dtype::DType;
+use crate::quants::k_quants::{q6_k, QK_K};
 
 /// Rows interleaved together.
 pub const GROUP: usize = 8;
@@ -40,9 +42,16 @@ pub fn fields(dtype: DType) -> Option<&'static [(usize, usize)]> {
         DType::Q5_0 => Some(&[(0, 2), (2, 4), (6, 16)]),             // d, qh, qs
         DType::Q8_0 => Some(&[(0, 2), (2, 32)]),                     // d, qs
         DType::Q4_K => Some(&[(0, 2), (2, 2), (4, 12), (16, 128)]),  // d, dmin, packed scales and mins, qs
-        DType::Q6_K => Some(&[(192, 16), (0, 128), (128, 64), (208, 2)]), // scales, ql, qh, d
+        DType::Q6_K => Some(&[(192, 16), (0, q6_k::LEVEL_BYTES), (208, 2)]), // scales, levels (recoded), d
         _ => None,
     }
+}
+
+/// The field (offset in the block) whose bytes are recoded rather than moved: Q6_K's levels,
+/// which [`q6_k_levels_into_group`] lays out so that the decode kernel unpacks 4 vectors of
+/// levels from 3 loads with 11 operations where ql/qh took 17 (`simd::avx2::q6_kx8_q8_k`).
+fn recoded_field(dtype: DType) -> Option<usize> {
+    (dtype == DType::Q6_K).then_some(0)
 }
 
 /// Each field's chunks as (offset in a block, offset in a group block, chunk size, chunk
@@ -97,6 +106,10 @@ fn interleave_group(dtype: DType, rows: &[u8], group: &mut [u8]) {
     for (i, dst) in group.chunks_exact_mut(GROUP * block).enumerate() {
         let srcs: [&[u8]; GROUP] = std::array::from_fn(|r| &rows[r * row_bytes + i * block..][..block]);
         for (at_row, at_group, size, count) in field_chunks(dtype) {
+            if recoded_field(dtype) == Some(at_row) {
+                q6_k_levels_into_group(srcs.map(|src| &src[at_row..]), &mut dst[at_group..][..GROUP * q6_k::LEVEL_BYTES]);
+                continue;
+            }
             // Written in order: chunk c of row 0, of row 1, ...
             for (c, out) in dst[at_group..][..GROUP * size * count].chunks_exact_mut(GROUP * size).enumerate() {
                 for (src, chunk) in srcs.iter().zip(out.chunks_exact_mut(size)) {
@@ -127,11 +140,50 @@ pub fn block_range_of_row(dtype: DType, group: &[u8], r: usize, blocks: Range<us
     for (i, dst) in blocks.zip(out.chunks_exact_mut(block)) {
         let src = &group[i * GROUP * block..(i + 1) * GROUP * block];
         for (at_row, at_group, size, count) in field_chunks(dtype) {
+            if recoded_field(dtype) == Some(at_row) {
+                q6_k_levels_of_row(&src[at_group..][..GROUP * q6_k::LEVEL_BYTES], r, &mut dst[at_row..][..q6_k::LEVEL_BYTES]);
+                continue;
+            }
             for (c, chunk) in dst[at_row..][..size * count].chunks_exact_mut(size).enumerate() {
                 copy_chunk(chunk, &src[at_group + (c * GROUP + r) * size..][..size]);
             }
         }
     }
+}
+
+/// Q6_K's levels in a group: 16 runs of 96 bytes, one per 16 values g (one scale), each three
+/// 32-byte vectors V0, V1, V2 whose lane r holds row r's 4 bytes. Byte b of vector i carries
+/// level 16g + 4i + b in its low 6 bits, and 2 bits of level 16g + 12 + b in its top 2: bits
+/// 4-5 in V0, 2-3 in V1, 0-1 in V2. The fourth vector of levels is then the three tops
+/// shifted together, `((V2 & 0xc0) >> 2 | V1 & 0xc0) >> 2 | V0 & 0xc0) >> 2`, which 16-bit
+/// shifts compute without masks in between (a masked byte has nothing to shift into its
+/// neighbour).
+fn q6_k_levels_into_group(rows: [&[u8]; GROUP], group_levels: &mut [u8]) {
+    let levels: [[u8; QK_K]; GROUP] = rows.map(q6_k::six_bit_levels);
+    for (g, run) in group_levels.chunks_exact_mut(96).enumerate() {
+        for (i, vector) in run.chunks_exact_mut(32).enumerate() {
+            for (r, lane) in vector.chunks_exact_mut(4).enumerate() {
+                for (b, byte) in lane.iter_mut().enumerate() {
+                    let top = (levels[r][16 * g + 12 + b] >> (4 - 2 * i)) & 3;
+                    *byte = levels[r][16 * g + 4 * i + b] | (top << 6);
+                }
+            }
+        }
+    }
+}
+
+/// Row `r`'s ql and qh back from a group's recoded levels ([`q6_k_levels_into_group`]).
+fn q6_k_levels_of_row(group_levels: &[u8], r: usize, ql_qh: &mut [u8]) {
+    let mut levels = [0u8; QK_K];
+    for (g, run) in group_levels.chunks_exact(96).enumerate() {
+        for (i, vector) in run.chunks_exact(32).enumerate() {
+            for (b, &byte) in vector[4 * r..][..4].iter().enumerate() {
+                levels[16 * g + 4 * i + b] = byte & 0x3f;
+                levels[16 * g + 12 + b] |= (byte >> 6) << (4 - 2 * i);
+            }
+        }
+    }
+    q6_k::pack_six_bit_levels(&levels, ql_qh);
 }
 
 /// How one block of an interleaved group of `dtype` goes into the 8-bit prefill's panel,

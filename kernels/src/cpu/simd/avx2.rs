@@ -637,56 +637,47 @@ pub unsafe fn q4_kx8_q8_k(group: &[u8], act: &[u8]) -> [f32; 8] {
 }
 
 /// Eight Q6_K rows interleaved against Q8_K activations, lane r holding row r. A group
-/// block: the 16 i8 scales as 4 words, ql as 32 chunks (chunk 16h + c: bytes 64h + 4c.. of each row, 16h + 8 + c: 64h + 32
-/// + 4c..), qh as 16 chunks (8h + c: bytes 32h + 4c..), the 8 rows' d. Levels are 6-bit unsigned (stored + 32): the −32 comes back through the
-/// activations' bsums, Σ scale·32·bsum per 16 values. Two chunk products add up in i16
-/// (≤ 2·2·63·127 = 32004) before their scales multiply in.
+/// block: the 16 i8 scales as 4 words, the levels recoded as 16 runs of three vectors
+/// (`cpu::interleave`, one run per scale: 4 vectors of levels, 6-bit unsigned, stored + 32),
+/// the 8 rows' d. The −32 comes back through the activations' bsums, Σ scale·32·bsum per 16
+/// values. Two chunk products add up in i16 (≤ 2·2·63·128 = 32256) before their scale
+/// multiplies in.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q6_kx8_q8_k(group: &[u8], act: &[u8]) -> [f32; 8] {
     const GROUP_BLOCK: usize = 8 * q6_k::BLOCK_BYTES;
     const SCALES: usize = 0;
-    const QL: usize = 8 * 16;
-    const QH: usize = QL + 8 * 128;
-    const D: usize = QH + 8 * 64;
+    const LEVELS: usize = 8 * 16;
+    const D: usize = LEVELS + 8 * q6_k::LEVEL_BYTES;
     let n = blocks(group, GROUP_BLOCK, act, q8_k::BLOCK_BYTES);
-    let (m4, top_bits) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(0x30));
+    let (low6, top2) = (_mm256_set1_epi8(0x3f), _mm256_set1_epi8(0xc0u8 as i8));
     let byte_of_lane = [lane_byte_in_halves(0, true), lane_byte_in_halves(1, true), lane_byte_in_halves(2, true), lane_byte_in_halves(3, true)];
     let mut acc = _mm256_setzero_ps();
     for i in 0..n {
         let (w, a) = (group.as_ptr().add(i * GROUP_BLOCK), act.as_ptr().add(i * q8_k::BLOCK_BYTES));
         prefetch_ahead_by::<PREFETCH_AHEAD_FAST>(w, GROUP_BLOCK);
-        // Scale g of the 8 rows, sign-extended into both i16 halves of each lane: unpacked
-        // once into L1, where the sums below read them as memory operands.
-        let scale: [__m256i; 16] = std::array::from_fn(|g| _mm256_srai_epi16::<8>(_mm256_shuffle_epi8(load(w.add(SCALES + 32 * (g / 4))), byte_of_lane[g % 4])));
         let mut sums = _mm256_setzero_si256();
         let mut bias_sums = _mm256_setzero_si256();
-        for g in (0..16).step_by(2) {
-            // Σ scale·bsum over scales g and g + 1: the pair of scales against the pair of bsums.
-            let pair = _mm256_blend_epi16::<0b1010_1010>(scale[g], scale[g + 1]);
-            let bsum_pair = broadcast_4_bytes(a.add(Q8K_BSUMS + 2 * g));
-            bias_sums = _mm256_add_epi32(bias_sums, _mm256_madd_epi16(pair, bsum_pair));
-        }
-        for h in 0..2 {
-            for c0 in (0..8).step_by(2) {
-                let mut quarter_sums = [_mm256_setzero_si256(); 4];
-                for c in c0..c0 + 2 {
-                    let low_a = load(w.add(QL + 32 * (16 * h + c)));
-                    let low_b = load(w.add(QL + 32 * (16 * h + 8 + c)));
-                    let high = load(w.add(QH + 32 * (8 * h + c)));
-                    let levels = [
-                        _mm256_or_si256(_mm256_and_si256(low_a, m4), _mm256_and_si256(_mm256_slli_epi16::<4>(high), top_bits)),
-                        _mm256_or_si256(_mm256_and_si256(low_b, m4), _mm256_and_si256(_mm256_slli_epi16::<2>(high), top_bits)),
-                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(low_a), m4), _mm256_and_si256(high, top_bits)),
-                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(low_b), m4), _mm256_and_si256(_mm256_srli_epi16::<2>(high), top_bits)),
-                    ];
-                    for (q, levels) in levels.into_iter().enumerate() {
-                        let q8 = broadcast_4_bytes(a.add(Q8K_QS + 128 * h + 32 * q + 4 * c));
-                        quarter_sums[q] = _mm256_add_epi16(quarter_sums[q], _mm256_maddubs_epi16(levels, q8));
-                    }
-                }
-                for (q, quarter_sums) in quarter_sums.into_iter().enumerate() {
-                    sums = _mm256_add_epi32(sums, _mm256_madd_epi16(quarter_sums, scale[8 * h + 2 * q + c0 / 4]));
-                }
+        for word in 0..4 {
+            // Scales 4·word + j of the 8 rows, sign-extended into both i16 halves of each lane.
+            let scale_word = load(w.add(SCALES + 32 * word));
+            let scale: [__m256i; 4] = std::array::from_fn(|j| _mm256_srai_epi16::<8>(_mm256_shuffle_epi8(scale_word, byte_of_lane[j])));
+            for j in (0..4).step_by(2) {
+                // Σ scale·bsum over two scales: the pair of scales against the pair of bsums.
+                let pair = _mm256_blend_epi16::<0b1010_1010>(scale[j], scale[j + 1]);
+                let bsum_pair = broadcast_4_bytes(a.add(Q8K_BSUMS + 2 * (4 * word + j)));
+                bias_sums = _mm256_add_epi32(bias_sums, _mm256_madd_epi16(pair, bsum_pair));
+            }
+            for (j, scale) in scale.into_iter().enumerate() {
+                let g = 4 * word + j;
+                let run = w.add(LEVELS + 96 * g);
+                let (v0, v1, v2) = (load(run), load(run.add(32)), load(run.add(64)));
+                let tops = _mm256_or_si256(_mm256_srli_epi16::<2>(_mm256_and_si256(v2, top2)), _mm256_and_si256(v1, top2));
+                let tops = _mm256_or_si256(_mm256_srli_epi16::<2>(tops), _mm256_and_si256(v0, top2));
+                let levels = [_mm256_and_si256(v0, low6), _mm256_and_si256(v1, low6), _mm256_and_si256(v2, low6), _mm256_srli_epi16::<2>(tops)];
+                let q8 = a.add(Q8K_QS + 16 * g);
+                let product = |t: usize| _mm256_maddubs_epi16(levels[t], broadcast_4_bytes(q8.add(4 * t)));
+                let (first, second) = (_mm256_add_epi16(product(0), product(1)), _mm256_add_epi16(product(2), product(3)));
+                sums = _mm256_add_epi32(sums, _mm256_add_epi32(_mm256_madd_epi16(first, scale), _mm256_madd_epi16(second, scale)));
             }
         }
         let d = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128(w.add(D) as *const __m128i)), _mm256_set1_ps(f32_at(a)));

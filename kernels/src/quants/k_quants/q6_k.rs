@@ -12,19 +12,46 @@ use crate::quants::{f16_at, f16_bytes, nearest_int, signed_absmax};
 pub const BLOCK_BYTES: usize = QK_K / 2 + QK_K / 4 + QK_K / 16 + 2;
 
 pub fn dequantize_block(block: &[u8; BLOCK_BYTES], out: &mut [f32; QK_K]) {
-    let ql = &block[0..128];
-    let qh = &block[128..192];
+    let levels = six_bit_levels(&block[..LEVEL_BYTES]);
     let scales = &block[192..208];
     let d = f16_at(block, 208);
-    for (g, group) in out.chunks_exact_mut(16).enumerate() {
+    for (g, (group, levels)) in out.chunks_exact_mut(16).zip(levels.chunks_exact(16)).enumerate() {
         // ggml evaluates d * scale * q left to right: d * scale is rounded first.
         let dl = d * scales[g] as i8 as f32;
-        let (half, s, first) = (g / 8, (g % 8) / 2, 16 * (g % 2));
-        for (l, y) in (first..first + 16).zip(group) {
-            let low = (ql[64 * half + 32 * (s % 2) + l] >> (4 * (s / 2))) & 0x0f;
-            let high = (qh[32 * half + l] >> (2 * s)) & 3;
-            let q = (low | (high << 4)) as i32 - 32;
-            *y = dl * q as f32;
+        for (y, &q) in group.iter_mut().zip(levels) {
+            *y = dl * (q as i32 - 32) as f32;
+        }
+    }
+}
+
+/// Bytes of a block's levels (ql, then qh).
+pub const LEVEL_BYTES: usize = QK_K / 2 + QK_K / 4;
+
+/// A block's 256 six-bit levels (stored + 32, 0..64) in value order, from its ql and qh.
+pub fn six_bit_levels(ql_qh: &[u8]) -> [u8; QK_K] {
+    let (ql, qh) = ql_qh[..LEVEL_BYTES].split_at(QK_K / 2);
+    let mut levels = [0u8; QK_K];
+    for ((levels, ql), qh) in levels.chunks_exact_mut(128).zip(ql.chunks_exact(64)).zip(qh.chunks_exact(32)) {
+        for l in 0..32 {
+            let (low_a, low_b, high) = (ql[l], ql[l + 32], qh[l]);
+            levels[l] = (low_a & 0x0f) | ((high & 3) << 4);
+            levels[l + 32] = (low_b & 0x0f) | (((high >> 2) & 3) << 4);
+            levels[l + 64] = (low_a >> 4) | (((high >> 4) & 3) << 4);
+            levels[l + 96] = (low_b >> 4) | ((high >> 6) << 4);
+        }
+    }
+    levels
+}
+
+/// The inverse of [`six_bit_levels`]: 256 levels (< 64) into ql and qh.
+pub fn pack_six_bit_levels(levels: &[u8; QK_K], ql_qh: &mut [u8]) {
+    let (ql, qh) = ql_qh[..LEVEL_BYTES].split_at_mut(QK_K / 2);
+    for ((levels, ql), qh) in levels.chunks_exact(128).zip(ql.chunks_exact_mut(64)).zip(qh.chunks_exact_mut(32)) {
+        for l in 0..32 {
+            let q = [levels[l], levels[l + 32], levels[l + 64], levels[l + 96]];
+            ql[l] = (q[0] & 0x0f) | ((q[2] & 0x0f) << 4);
+            ql[l + 32] = (q[1] & 0x0f) | ((q[3] & 0x0f) << 4);
+            qh[l] = (q[0] >> 4) | ((q[1] >> 4) << 2) | ((q[2] >> 4) << 4) | ((q[3] >> 4) << 6);
         }
     }
 }
@@ -117,16 +144,8 @@ pub fn quantize_block(x: &[f32; QK_K], out: &mut [u8; BLOCK_BYTES]) {
     let int_scales: [i8; 16] = std::array::from_fn(|j| nearest_int(iscale * scales[j]).min(127) as i8);
     requantize(x, f16_at(&d, 0), &int_scales, &mut levels);
 
-    let (ql, rest) = out.split_at_mut(128);
-    let (qh, rest) = rest.split_at_mut(64);
-    for ((levels, ql), qh) in levels.chunks_exact(128).zip(ql.chunks_exact_mut(64)).zip(qh.chunks_exact_mut(32)) {
-        for l in 0..32 {
-            let q = [levels[l], levels[l + 32], levels[l + 64], levels[l + 96]];
-            ql[l] = (q[0] & 0x0f) | ((q[2] & 0x0f) << 4);
-            ql[l + 32] = (q[1] & 0x0f) | ((q[3] & 0x0f) << 4);
-            qh[l] = (q[0] >> 4) | ((q[1] >> 4) << 2) | ((q[2] >> 4) << 4) | ((q[3] >> 4) << 6);
-        }
-    }
+    pack_six_bit_levels(&levels, &mut out[..LEVEL_BYTES]);
+    let rest = &mut out[LEVEL_BYTES..];
     for (s, &scale) in rest[0..16].iter_mut().zip(&int_scales) {
         *s = scale as u8;
     }
