@@ -33,15 +33,57 @@ pub struct Executor<'m> {
     max_batch: usize,
     pub kv: KvCache,
     pool: ThreadPool,
-    /// One token's activations quantized for the integer matvec (see [`Executor::set_exact`]),
-    /// sized for the widest matmul input.
-    quantized: Vec<u8>,
-    /// Which activation `quantized` holds, in which type: q, k and v (and gate and up) read
-    /// the same normalized input, which is then quantized once.
-    quantized_from: Option<(ActId, DType)>,
+    /// One token's activations quantized for the integer matvecs (see [`Executor::set_exact`]).
+    quantized: QuantizedInput,
     exact: bool,
     quantized_batches: bool,
     rope_angles: RopeAngles,
+}
+
+/// One token's activation quantized to each 8-bit type its matvecs take: q, k and v (gate
+/// and up) read the same normalized input, quantized once per type (a group may mix types:
+/// Q4_K_M files give some layers' v Q6_K next to Q4_K, or Q5_0 next to Q8_0).
+#[derive(Default)]
+struct QuantizedInput {
+    /// The activation the buffers hold.
+    from: Option<ActId>,
+    /// Per activation type: its bytes, and whether they hold `from` yet.
+    by_type: Vec<(DType, Vec<u8>, bool)>,
+}
+
+impl QuantizedInput {
+    /// Forgets what the buffers hold (the activation changed in place, or a new step began).
+    fn forget(&mut self) {
+        self.from = None;
+    }
+
+    /// Makes sure `x` (activation `id`) is held quantized to `act_type`.
+    fn prepare(&mut self, id: ActId, x: &[f32], act_type: DType) {
+        if self.from != Some(id) {
+            self.from = Some(id);
+            self.by_type.iter_mut().for_each(|(_, _, ready)| *ready = false);
+        }
+        let len = act_type.row_bytes(x.len()).expect("checked at load");
+        let at = match self.by_type.iter().position(|(t, _, _)| *t == act_type) {
+            Some(at) => at,
+            None => {
+                self.by_type.push((act_type, Vec::new(), false));
+                self.by_type.len() - 1
+            }
+        };
+        let (_, bytes, ready) = &mut self.by_type[at];
+        if !*ready || bytes.len() != len {
+            bytes.resize(len, 0);
+            cpu::quantize_activations(x, act_type, bytes);
+            *ready = true;
+        }
+    }
+
+    /// The bytes [`prepare`](Self::prepare) left for `act_type`.
+    fn bytes(&self, act_type: DType) -> &[u8] {
+        let (_, bytes, _) = self.by_type.iter().find(|(t, _, ready)| *t == act_type && *ready).expect("prepared before use");
+        bytes
+    }
 }
 
 /// The (cos, sin) of every rotated pair at each position of the current batch: computed at
@@ -110,14 +152,6 @@ impl<'m> Executor<'m> {
         }
         let plan = plan(&graph, max_batch, max_logit_rows);
         log::debug!("scratch arena: {:.1} MiB for {} activations", plan.total as f64 * 4.0 / (1 << 20) as f64, plan.sizes.len());
-        let quantized_bytes = weights
-            .iter()
-            .filter_map(|w| match w {
-                WeightData::Matrix { dtype, row_len, .. } => dtype.traits().vec_dot_type.row_bytes(*row_len),
-                WeightData::Vector(_) => None,
-            })
-            .max()
-            .unwrap_or(0);
         Ok(Executor {
             kv: KvCache::new(graph.kv, n_ctx, DType::F32)?,
             arena: vec![0f32; plan.total],
@@ -128,8 +162,7 @@ impl<'m> Executor<'m> {
             graph,
             max_batch,
             pool,
-            quantized: vec![0u8; quantized_bytes],
-            quantized_from: None,
+            quantized: QuantizedInput::default(),
             exact: false,
             quantized_batches: false,
             rope_angles: RopeAngles::default(),
@@ -187,7 +220,7 @@ impl<'m> Executor<'m> {
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
             return Err(Error::Usage(format!("token id {bad} is out of range (vocabulary of {vocab})")));
         }
-        self.quantized_from = None;
+        self.quantized.forget();
         let mut i = 0;
         while i < self.graph.ops.len() {
             i = self.run_ops(i, tokens, pos0, all_logits);
@@ -215,14 +248,73 @@ impl<'m> Executor<'m> {
     /// over several tokens); returns the next op to run.
     fn run_ops(&mut self, i: usize, tokens: &[u32], pos0: usize, all_logits: bool) -> usize {
         if let Op::MatMul { x, .. } = self.graph.ops[i] {
+            let same_input = self.graph.ops[i..].iter().take_while(|op| matches!(op, Op::MatMul { x: y, .. } if *y == x)).count();
+            let ops = i..i + same_input.min(cpu::MAX_GROUPED_MATVECS);
             if self.rows[x.0] > 1 {
-                let same_input = self.graph.ops[i..].iter().take_while(|op| matches!(op, Op::MatMul { x: y, .. } if *y == x)).count();
-                self.matmuls(i..i + same_input);
-                return i + same_input;
+                self.matmuls(ops.clone());
+                return ops.end;
+            }
+            if self.has_matvec_kernels(ops.clone()) {
+                self.matvecs(ops.clone());
+                return ops.end;
             }
         }
         self.run_op(i, tokens, pos0, all_logits);
         i + 1
+    }
+
+    /// The integer kernel of MatMul op i's weight type, if this CPU has one.
+    fn matvec_kernel(&self, i: usize) -> Option<simd::VecDot> {
+        let Op::MatMul { weight, .. } = self.graph.ops[i] else { unreachable!() };
+        simd::vec_dot(matrix(&self.weights, &self.repacked, weight).dtype)
+    }
+
+    /// Whether one token goes through every MatMul op of `ops` with quantized activations
+    /// (not [`Executor::set_exact`], and an integer kernel for each type).
+    fn has_matvec_kernels(&self, ops: std::ops::Range<usize>) -> bool {
+        !self.exact && ops.into_iter().all(|i| self.matvec_kernel(i).is_some())
+    }
+
+    /// The ranges of the input and of each output of MatMul ops `ops` (consecutive, of one
+    /// input, at most MAX_GROUPED_MATVECS), their outputs given the input's rows; asserts
+    /// they are pairwise disjoint. A fixed array: decode allocates nothing.
+    fn matmul_ranges(&mut self, ops: std::ops::Range<usize>) -> (std::ops::Range<usize>, [std::ops::Range<usize>; cpu::MAX_GROUPED_MATVECS]) {
+        let Op::MatMul { x, .. } = self.graph.ops[ops.start] else { unreachable!() };
+        let n = self.rows[x.0];
+        let input = self.act_range(x);
+        let mut outputs = [const { 0..0 }; cpu::MAX_GROUPED_MATVECS];
+        for (j, op) in self.graph.ops[ops].iter().enumerate() {
+            let Op::MatMul { out, .. } = *op else { unreachable!() };
+            self.rows[out.0] = n;
+            let output = self.act_range(out);
+            assert!(disjoint(&input, &output) && outputs[..j].iter().all(|o| disjoint(o, &output)), "planner placed live activations on top of each other");
+            outputs[j] = output;
+        }
+        (input, outputs)
+    }
+
+    /// The MatMul ops `ops`, consecutive and of one input, for one token with quantized
+    /// activations: the input is quantized once per type and the threads meet once (see
+    /// [`cpu::matvecs_quantized`]).
+    fn matvecs(&mut self, ops: std::ops::Range<usize>) {
+        let Op::MatMul { x, .. } = self.graph.ops[ops.start] else { unreachable!() };
+        let (input, outputs) = self.matmul_ranges(ops.clone());
+        for i in ops.clone() {
+            let kernel = self.matvec_kernel(i).expect("checked by has_matvec_kernels");
+            self.quantized.prepare(x, &self.arena[input.clone()], kernel.act_type);
+        }
+        let base = self.arena.as_mut_ptr();
+        let this = &*self;
+        let products = ops.zip(&outputs).map(|(i, output)| {
+            let Op::MatMul { weight, bias, .. } = this.graph.ops[i] else { unreachable!() };
+            let kernel = this.matvec_kernel(i).expect("checked by has_matvec_kernels");
+            // SAFETY: the outputs lie inside the arena and are pairwise disjoint (see
+            // `matmul_ranges`); the quantized input is not in the arena.
+            let out = unsafe { std::slice::from_raw_parts_mut(base.add(output.start), output.len()) };
+            let xq = this.quantized.bytes(kernel.act_type);
+            cpu::QuantizedProduct { xq, kernel, w: matrix(&this.weights, &this.repacked, weight), bias: bias.map(|b| vector(&this.weights, b)), out }
+        });
+        cpu::matvecs_quantized(&self.pool, products);
     }
 
     /// The MatMul ops `ops`, consecutive and of one input, over several tokens: one call, so
@@ -230,15 +322,7 @@ impl<'m> Executor<'m> {
     fn matmuls(&mut self, ops: std::ops::Range<usize>) {
         let Op::MatMul { x, .. } = self.graph.ops[ops.start] else { unreachable!() };
         let n = self.rows[x.0];
-        let input = self.act_range(x);
-        let mut outputs: Vec<std::ops::Range<usize>> = Vec::with_capacity(ops.len());
-        for op in &self.graph.ops[ops.clone()] {
-            let Op::MatMul { out, .. } = *op else { unreachable!() };
-            self.rows[out.0] = n;
-            let output = self.act_range(out);
-            assert!(disjoint(&input, &output) && outputs.iter().all(|o| disjoint(o, &output)), "planner placed live activations on top of each other");
-            outputs.push(output);
-        }
+        let (input, outputs) = self.matmul_ranges(ops.clone());
         let base = self.arena.as_mut_ptr();
         // SAFETY: the input and every output lie inside the arena and are pairwise disjoint
         // (asserted above), so one shared and several mutable views do not overlap.
@@ -277,27 +361,17 @@ impl<'m> Executor<'m> {
                 self.pool.for_row_chunks(dst, width, |t0, rows| cpu::rms_norm(&src[t0 * width..][..rows.len()], weight, eps, rows));
             }
             Op::MatMul { x, weight, bias, out } => {
-                // One token (several go through `matmuls`).
+                // One token, exact (several tokens go through `matmuls`, quantized ones
+                // through `matvecs`).
                 self.rows[out.0] = 1;
                 let (rx, ro) = (self.act_range(x), self.act_range(out));
                 let w = matrix(&self.weights, &self.repacked, weight);
                 let (src, dst) = split_disjoint(&mut self.arena, rx, ro);
-                let bias = bias.map(|b| vector(&self.weights, b));
-                match simd::vec_dot(w.dtype).filter(|_| !self.exact) {
-                    Some(kernel) => {
-                        let xq = &mut self.quantized[..kernel.act_type.row_bytes(w.k).expect("checked at load")];
-                        if self.quantized_from != Some((x, kernel.act_type)) {
-                            cpu::quantize_activations(src, kernel.act_type, xq);
-                            self.quantized_from = Some((x, kernel.act_type));
-                        }
-                        cpu::matvec_quantized(&self.pool, xq, kernel, w, bias, dst);
-                    }
-                    None => cpu::matmul(&self.pool, src, 1, w, bias, dst),
-                }
+                cpu::matmul(&self.pool, src, 1, w, bias.map(|b| vector(&self.weights, b)), dst);
             }
             Op::Rope { x, rope } => {
-                if self.quantized_from.is_some_and(|(a, _)| a == x) {
-                    self.quantized_from = None; // rotated in place below
+                if self.quantized.from == Some(x) {
+                    self.quantized.forget(); // rotated in place below
                 }
                 let half = rope.n_rot / 2;
                 let (width, n, n_step) = (self.graph.act_widths[x.0], self.rows[x.0], tokens.len());
