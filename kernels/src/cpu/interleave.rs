@@ -40,6 +40,7 @@ pub fn fields(dtype: DType) -> Option<&'static [(usize, usize)]> {
         DType::Q4_0 => Some(&[(0, 2), (2, 16)]),                     // d, qs
         DType::Q4_1 => Some(&[(0, 2), (2, 2), (4, 16)]),             // d, m, qs
         DType::Q5_0 => Some(&[(0, 2), (2, 4), (6, 16)]),             // d, qh, qs
+        DType::Q5_1 => Some(&[(0, 2), (2, 2), (4, 4), (8, 16)]),     // d, m, qh, qs
         DType::Q8_0 => Some(&[(0, 2), (2, 32)]),                     // d, qs
         DType::Q4_K => Some(&[(0, 2), (2, 2), (4, 12), (16, 128)]),  // d, dmin, packed scales and mins, qs
         DType::Q6_K => Some(&[(192, 16), (0, q6_k::LEVEL_BYTES), (208, 2)]), // scales, levels (recoded), d
@@ -195,6 +196,7 @@ fn q6_k_levels_of_row(group_levels: &[u8], r: usize, ql_qh: &mut [u8]) {
 pub fn panel_block(dtype: DType) -> Option<fn(block: &[u8], levels: &mut [u8], scales: &mut [f32], offsets: &mut [f32])> {
     match dtype {
         DType::Q4_0 => Some(q4_0_panel_block),
+        DType::Q4_1 => Some(q4_1_panel_block),
         DType::Q8_0 => Some(q8_0_panel_block),
         DType::Q5_0 => Some(q5_0_panel_block),
         DType::Q4_K => Some(q4_k_panel_block),
@@ -211,7 +213,23 @@ fn q4_0_panel_block(block: &[u8], levels: &mut [u8], scales: &mut [f32], offsets
         let d = crate::quants::f16_at(block, 2 * r);
         (scales[r], offsets[r]) = (d, -8.0 * d);
     }
-    for (c, chunk) in block[HEADER..].chunks_exact(32).enumerate() {
+    nibble_panel_levels(&block[HEADER..], levels);
+}
+
+/// Q4_1: as Q4_0 after the 8 rows' d and then their m; scale d, offset m.
+fn q4_1_panel_block(block: &[u8], levels: &mut [u8], scales: &mut [f32], offsets: &mut [f32]) {
+    const HEADER: usize = 4 * GROUP;
+    assert_eq!(block.len(), GROUP * crate::quants::q4_1::BLOCK_BYTES);
+    for r in 0..GROUP {
+        (scales[r], offsets[r]) = (crate::quants::f16_at(block, 2 * r), crate::quants::f16_at(block, 2 * GROUP + 2 * r));
+    }
+    nibble_panel_levels(&block[HEADER..], levels);
+}
+
+/// The 4 chunks of a Q4_0/Q4_1 group block's nibbles: chunk c's low nibbles are levels 4c..
+/// of every row, its high nibbles levels 16 + 4c...
+fn nibble_panel_levels(chunks: &[u8], levels: &mut [u8]) {
+    for (c, chunk) in chunks.chunks_exact(32).enumerate() {
         for (i, &q) in chunk.iter().enumerate() {
             levels[c * 32 + i] = q & 0x0f;
             levels[(c + 4) * 32 + i] = q >> 4;
@@ -287,7 +305,7 @@ mod tests {
     /// that can be interleaved, whole rows and inner block ranges alike.
     #[test]
     fn interleaved_rows_come_back_exactly() {
-        for dtype in [DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q8_0, DType::Q4_K, DType::Q6_K] {
+        for dtype in [DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::Q4_K, DType::Q6_K] {
             let mut fields = fields(dtype).unwrap().to_vec();
             fields.sort();
             let end = fields.iter().try_fold(0, |end, &(offset, size)| (offset == end).then_some(end + size));

@@ -825,9 +825,13 @@ mod tests {
         let mut seed = 9u32;
         let (k, rows) = (KC_8BIT + 512, 40);
         let case = Case { k, rows, w_f32: random(&mut seed, k * rows), bias: random(&mut seed, rows) };
+        let interleavable = [DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::Q4_K, DType::Q6_K];
+        for dtype in DType::ALL.iter().filter(|t| simd::vec_dot(**t).is_some_and(|kernel| kernel.group.is_some())) {
+            assert!(interleavable.contains(dtype) && interleave::fields(*dtype).is_some(), "{dtype} has a group kernel but is not interleaved here");
+        }
         for threads in [1, 3] {
             let pool = ThreadPool::new(threads).unwrap();
-            for dtype in [DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q8_0, DType::Q4_K, DType::Q6_K] {
+            for dtype in interleavable {
                 let (w, _) = quantized(dtype, &case);
                 let mut interleaved = vec![0u8; w.len()];
                 interleave::interleave(dtype, dtype.row_bytes(k).unwrap(), &w, &mut interleaved);

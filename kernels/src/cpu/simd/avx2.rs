@@ -217,46 +217,74 @@ pub unsafe fn q5_1_q8_1_pair(row0: &[u8], row1: &[u8], act: &[u8]) -> [f32; 2] {
 }
 
 /// The end of a group block against a Q8_1 block: `sums` (lane r: row r's Σ level·a) scaled
-/// by the rows' f16 scales at `w` times the activation's d, and the rows' scales times the
+/// by the rows' f16 scales at `w` times the activation's d, and the rows' f16 offset factors
+/// at `offsets` (their scales again for Q4_0/Q5_0, their mins for Q4_1) times the
 /// activation's s gathered for the offset term.
 #[inline(always)]
-unsafe fn accumulate_group_block(w: *const u8, a: *const u8, sums: __m256i, acc: &mut __m256, offset_acc: &mut __m256) {
+unsafe fn accumulate_group_block(w: *const u8, offsets: *const u8, a: *const u8, sums: __m256i, acc: &mut __m256, offset_acc: &mut __m256) {
     let weight_scales = _mm256_cvtph_ps(_mm_loadu_si128(w as *const __m128i));
+    let offset_factors = _mm256_cvtph_ps(_mm_loadu_si128(offsets as *const __m128i));
     let act_scales = f16_pair_at(a); // [da, s, 0, 0]
     let da = _mm256_broadcastss_ps(act_scales);
     let s = _mm256_broadcastss_ps(_mm_movehdup_ps(act_scales));
     *acc = _mm256_fmadd_ps(_mm256_mul_ps(weight_scales, da), _mm256_cvtepi32_ps(sums), *acc);
-    *offset_acc = _mm256_fmadd_ps(weight_scales, s, *offset_acc);
+    *offset_acc = _mm256_fmadd_ps(offset_factors, s, *offset_acc);
+}
+
+/// Σ level·a of a group block of 4-bit levels (Q4_0, Q4_1) against a Q8_1 block: 4 chunks of
+/// 32 bytes at `qs` holding bytes 4c..4c+4 of each row, low nibbles values 4c.., high
+/// nibbles 16 + 4c... Eight `maddubs` products (each pair ≤ 2·15·127) add up in i16 without
+/// overflow (≤ 30480).
+#[inline(always)]
+unsafe fn nibble_group_sums(qs: *const u8, a: *const u8) -> __m256i {
+    let low_nibbles = _mm256_set1_epi8(0x0f);
+    let mut sums = _mm256_setzero_si256();
+    for c in 0..4 {
+        let quants = load(qs.add(32 * c));
+        let lo = _mm256_and_si256(quants, low_nibbles);
+        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(quants), low_nibbles);
+        let a_lo = broadcast_4_bytes(a.add(4 + 4 * c));
+        let a_hi = broadcast_4_bytes(a.add(4 + 16 + 4 * c));
+        sums = _mm256_add_epi16(sums, _mm256_add_epi16(_mm256_maddubs_epi16(lo, a_lo), _mm256_maddubs_epi16(hi, a_hi)));
+    }
+    _mm256_madd_epi16(sums, _mm256_set1_epi16(1))
 }
 
 /// Eight Q4_0 rows interleaved (`cpu::interleave`) against Q8_1 activations: lane r of every
-/// vector is row r. A block of the group is the 8 rows' f16 scales, then 4 chunks of 32 bytes
-/// holding bytes 4c..4c+4 of each row: low nibbles are values 4c.., high nibbles 16 + 4c...
-/// Eight `maddubs` products (each pair ≤ 2·15·127) add up in i16 without overflow (≤ 30480),
-/// so a block costs one widening, one conversion and one fused multiply-add for all 8 rows.
+/// vector is row r. A block of the group is the 8 rows' f16 scales, then the nibbles
+/// ([`nibble_group_sums`]): a block costs one widening, one conversion and one fused
+/// multiply-add for all 8 rows.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q4_0x8_q8_1(group: &[u8], act: &[u8]) -> [f32; 8] {
     const GROUP_BLOCK: usize = 8 * q4_0::BLOCK_BYTES;
     let n = blocks(group, GROUP_BLOCK, act, q8_1::BLOCK_BYTES);
-    let low_nibbles = _mm256_set1_epi8(0x0f);
     let mut acc = _mm256_setzero_ps();
     let mut offset_acc = _mm256_setzero_ps(); // Σ d_w · s, s = d_a · Σ a
     for i in 0..n {
         let (w, a) = (group.as_ptr().add(i * GROUP_BLOCK), act.as_ptr().add(i * q8_1::BLOCK_BYTES));
         prefetch_ahead_by::<PREFETCH_AHEAD_FAST>(w, GROUP_BLOCK);
-        let mut sums = _mm256_setzero_si256();
-        for c in 0..4 {
-            let quants = load(w.add(16 + 32 * c));
-            let lo = _mm256_and_si256(quants, low_nibbles);
-            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(quants), low_nibbles);
-            let a_lo = broadcast_4_bytes(a.add(4 + 4 * c));
-            let a_hi = broadcast_4_bytes(a.add(4 + 16 + 4 * c));
-            sums = _mm256_add_epi16(sums, _mm256_add_epi16(_mm256_maddubs_epi16(lo, a_lo), _mm256_maddubs_epi16(hi, a_hi)));
-        }
-        accumulate_group_block(w, a, _mm256_madd_epi16(sums, _mm256_set1_epi16(1)), &mut acc, &mut offset_acc);
+        accumulate_group_block(w, w, a, nibble_group_sums(w.add(16), a), &mut acc, &mut offset_acc);
     }
     let mut out = [0f32; 8];
     _mm256_storeu_ps(out.as_mut_ptr(), _mm256_fmadd_ps(offset_acc, _mm256_set1_ps(-8.0), acc));
+    out
+}
+
+/// Eight Q4_1 rows interleaved against Q8_1 activations: as [`q4_0x8_q8_1`], with the 8
+/// rows' mins after their scales; w = d·level + m, so the offset term is Σ m·s.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q4_1x8_q8_1(group: &[u8], act: &[u8]) -> [f32; 8] {
+    const GROUP_BLOCK: usize = 8 * q4_1::BLOCK_BYTES;
+    let n = blocks(group, GROUP_BLOCK, act, q8_1::BLOCK_BYTES);
+    let mut acc = _mm256_setzero_ps();
+    let mut offset_acc = _mm256_setzero_ps(); // Σ m_w · s
+    for i in 0..n {
+        let (w, a) = (group.as_ptr().add(i * GROUP_BLOCK), act.as_ptr().add(i * q8_1::BLOCK_BYTES));
+        prefetch_ahead_by::<PREFETCH_AHEAD_FAST>(w, GROUP_BLOCK);
+        accumulate_group_block(w, w.add(16), a, nibble_group_sums(w.add(32), a), &mut acc, &mut offset_acc);
+    }
+    let mut out = [0f32; 8];
+    _mm256_storeu_ps(out.as_mut_ptr(), _mm256_add_ps(offset_acc, acc));
     out
 }
 
@@ -299,14 +327,13 @@ pub unsafe fn q8_0_q8_0(row: &[u8], act: &[u8]) -> f32 {
     hsum(acc)
 }
 
-/// Eight Q5_0 rows interleaved against Q8_1 activations: as [`q4_0x8_q8_1`], after the
-/// scales the 8 rows' qh (lane r: row r's fifth bits, bit j for value j), and each level's
-/// fifth bit added from it: byte e of lane r takes bit 4c + e (low nibbles) or 16 + 4c + e
-/// (high) of qh. Levels reach 31, so i16 sums take four products (≤ 31496), not eight.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q5_0x8_q8_1(group: &[u8], act: &[u8]) -> [f32; 8] {
-    const GROUP_BLOCK: usize = 8 * q5_0::BLOCK_BYTES;
-    let n = blocks(group, GROUP_BLOCK, act, q8_1::BLOCK_BYTES);
+/// Σ level·a of a group block of 5-bit levels (Q5_0, Q5_1) against a Q8_1 block: the 8 rows'
+/// qh at `qh` (lane r: row r's fifth bits, bit j for value j), then the nibbles at `qs` as in
+/// [`nibble_group_sums`], each level's fifth bit added from qh: byte e of lane r takes bit
+/// 4c + e (low nibbles) or 16 + 4c + e (high) of qh. Levels reach 31, so i16 sums take four
+/// products (≤ 31496), not eight.
+#[inline(always)]
+unsafe fn five_bit_group_sums(qh: *const u8, qs: *const u8, a: *const u8) -> __m256i {
     let low_nibbles = _mm256_set1_epi8(0x0f);
     let fifth_bit = _mm256_set1_epi8(0x10);
     // Within each lane, byte e tests bit e of the lane's byte 0 (low) or byte 2 (high).
@@ -317,30 +344,57 @@ pub unsafe fn q5_0x8_q8_1(group: &[u8], act: &[u8]) -> [f32; 8] {
         let masked = _mm256_and_si256(_mm256_shuffle_epi8(bits, from), bit_e);
         _mm256_and_si256(_mm256_cmpeq_epi8(masked, bit_e), fifth_bit)
     };
+    let qh = load(qh);
+    let mut sums = _mm256_setzero_si256();
+    for half in 0..2 {
+        let mut half_sums = _mm256_setzero_si256();
+        for c in 2 * half..2 * half + 2 {
+            let quants = load(qs.add(32 * c));
+            let bits = _mm256_srlv_epi32(qh, _mm256_set1_epi32(4 * c as i32));
+            let lo = _mm256_or_si256(_mm256_and_si256(quants, low_nibbles), spread(bits, byte0));
+            let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(quants), low_nibbles), spread(bits, byte2));
+            let a_lo = broadcast_4_bytes(a.add(4 + 4 * c));
+            let a_hi = broadcast_4_bytes(a.add(4 + 16 + 4 * c));
+            half_sums = _mm256_add_epi16(half_sums, _mm256_add_epi16(_mm256_maddubs_epi16(lo, a_lo), _mm256_maddubs_epi16(hi, a_hi)));
+        }
+        sums = _mm256_add_epi32(sums, _mm256_madd_epi16(half_sums, _mm256_set1_epi16(1)));
+    }
+    sums
+}
+
+/// Eight Q5_0 rows interleaved against Q8_1 activations: the 8 rows' scales, then their qh
+/// and nibbles ([`five_bit_group_sums`]); the offset term is −16·Σ d·s.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q5_0x8_q8_1(group: &[u8], act: &[u8]) -> [f32; 8] {
+    const GROUP_BLOCK: usize = 8 * q5_0::BLOCK_BYTES;
+    let n = blocks(group, GROUP_BLOCK, act, q8_1::BLOCK_BYTES);
     let mut acc = _mm256_setzero_ps();
     let mut offset_acc = _mm256_setzero_ps();
     for i in 0..n {
         let (w, a) = (group.as_ptr().add(i * GROUP_BLOCK), act.as_ptr().add(i * q8_1::BLOCK_BYTES));
         prefetch_ahead_by::<PREFETCH_AHEAD_FAST>(w, GROUP_BLOCK);
-        let qh = load(w.add(16));
-        let mut sums = _mm256_setzero_si256();
-        for half in 0..2 {
-            let mut half_sums = _mm256_setzero_si256();
-            for c in 2 * half..2 * half + 2 {
-                let quants = load(w.add(48 + 32 * c));
-                let bits = _mm256_srlv_epi32(qh, _mm256_set1_epi32(4 * c as i32));
-                let lo = _mm256_or_si256(_mm256_and_si256(quants, low_nibbles), spread(bits, byte0));
-                let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(quants), low_nibbles), spread(bits, byte2));
-                let a_lo = broadcast_4_bytes(a.add(4 + 4 * c));
-                let a_hi = broadcast_4_bytes(a.add(4 + 16 + 4 * c));
-                half_sums = _mm256_add_epi16(half_sums, _mm256_add_epi16(_mm256_maddubs_epi16(lo, a_lo), _mm256_maddubs_epi16(hi, a_hi)));
-            }
-            sums = _mm256_add_epi32(sums, _mm256_madd_epi16(half_sums, _mm256_set1_epi16(1)));
-        }
-        accumulate_group_block(w, a, sums, &mut acc, &mut offset_acc);
+        accumulate_group_block(w, w, a, five_bit_group_sums(w.add(16), w.add(48), a), &mut acc, &mut offset_acc);
     }
     let mut out = [0f32; 8];
     _mm256_storeu_ps(out.as_mut_ptr(), _mm256_fmadd_ps(offset_acc, _mm256_set1_ps(-16.0), acc));
+    out
+}
+
+/// Eight Q5_1 rows interleaved against Q8_1 activations: as [`q5_0x8_q8_1`], with the 8
+/// rows' mins after their scales; the offset term is Σ m·s.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q5_1x8_q8_1(group: &[u8], act: &[u8]) -> [f32; 8] {
+    const GROUP_BLOCK: usize = 8 * q5_1::BLOCK_BYTES;
+    let n = blocks(group, GROUP_BLOCK, act, q8_1::BLOCK_BYTES);
+    let mut acc = _mm256_setzero_ps();
+    let mut offset_acc = _mm256_setzero_ps();
+    for i in 0..n {
+        let (w, a) = (group.as_ptr().add(i * GROUP_BLOCK), act.as_ptr().add(i * q8_1::BLOCK_BYTES));
+        prefetch_ahead_by::<PREFETCH_AHEAD_FAST>(w, GROUP_BLOCK);
+        accumulate_group_block(w, w.add(16), a, five_bit_group_sums(w.add(32), w.add(64), a), &mut acc, &mut offset_acc);
+    }
+    let mut out = [0f32; 8];
+    _mm256_storeu_ps(out.as_mut_ptr(), _mm256_add_ps(offset_acc, acc));
     out
 }
 

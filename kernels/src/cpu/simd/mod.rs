@@ -154,7 +154,11 @@ pub fn vec_dot_for(isa: Isa, dtype: DType) -> Option<VecDot> {
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx2, DType::Q4_0) => Some(checked!(avx2::q4_0x8_q8_1, fn(&[u8], &[u8]) -> [f32; 8])),
         #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, DType::Q4_1) => Some(checked!(avx2::q4_1x8_q8_1, fn(&[u8], &[u8]) -> [f32; 8])),
+        #[cfg(target_arch = "x86_64")]
         (Isa::Avx2, DType::Q5_0) => Some(checked!(avx2::q5_0x8_q8_1, fn(&[u8], &[u8]) -> [f32; 8])),
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, DType::Q5_1) => Some(checked!(avx2::q5_1x8_q8_1, fn(&[u8], &[u8]) -> [f32; 8])),
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx2, DType::Q8_0) => Some(checked!(avx2::q8_0x8_q8_0, fn(&[u8], &[u8]) -> [f32; 8])),
         #[cfg(target_arch = "x86_64")]
