@@ -250,42 +250,41 @@ unsafe fn nibble_group_sums(qs: *const u8, a: *const u8) -> __m256i {
     _mm256_madd_epi16(sums, _mm256_set1_epi16(1))
 }
 
+/// The Q8_1 family's group kernels: per group block (8 rows of `block_bytes` each), the
+/// type's `sums` of level·a (lane r: row r) against the activation block, accumulated by
+/// [`accumulate_group_block`] with the rows' offset factors at `offsets_at` in the group
+/// block; returns Σ + `offset_scale`·Σ offset·s (−8 or −16 where the offset is the scale
+/// times that, 1 where the rows carry their mins).
+#[inline(always)]
+unsafe fn q8_1_group_kernel(group: &[u8], act: &[u8], block_bytes: usize, offsets_at: usize, offset_scale: f32, sums: impl Fn(*const u8, *const u8) -> __m256i) -> [f32; 8] {
+    let group_block = 8 * block_bytes;
+    let n = blocks(group, group_block, act, q8_1::BLOCK_BYTES);
+    let mut acc = _mm256_setzero_ps();
+    let mut offset_acc = _mm256_setzero_ps();
+    for i in 0..n {
+        let (w, a) = (group.as_ptr().add(i * group_block), act.as_ptr().add(i * q8_1::BLOCK_BYTES));
+        prefetch_ahead_by::<PREFETCH_AHEAD_FAST>(w, group_block);
+        accumulate_group_block(w, w.add(offsets_at), a, sums(w, a), &mut acc, &mut offset_acc);
+    }
+    let mut out = [0f32; 8];
+    _mm256_storeu_ps(out.as_mut_ptr(), _mm256_fmadd_ps(offset_acc, _mm256_set1_ps(offset_scale), acc));
+    out
+}
+
 /// Eight Q4_0 rows interleaved (`cpu::interleave`) against Q8_1 activations: lane r of every
 /// vector is row r. A block of the group is the 8 rows' f16 scales, then the nibbles
 /// ([`nibble_group_sums`]): a block costs one widening, one conversion and one fused
 /// multiply-add for all 8 rows.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q4_0x8_q8_1(group: &[u8], act: &[u8]) -> [f32; 8] {
-    const GROUP_BLOCK: usize = 8 * q4_0::BLOCK_BYTES;
-    let n = blocks(group, GROUP_BLOCK, act, q8_1::BLOCK_BYTES);
-    let mut acc = _mm256_setzero_ps();
-    let mut offset_acc = _mm256_setzero_ps(); // Σ d_w · s, s = d_a · Σ a
-    for i in 0..n {
-        let (w, a) = (group.as_ptr().add(i * GROUP_BLOCK), act.as_ptr().add(i * q8_1::BLOCK_BYTES));
-        prefetch_ahead_by::<PREFETCH_AHEAD_FAST>(w, GROUP_BLOCK);
-        accumulate_group_block(w, w, a, nibble_group_sums(w.add(16), a), &mut acc, &mut offset_acc);
-    }
-    let mut out = [0f32; 8];
-    _mm256_storeu_ps(out.as_mut_ptr(), _mm256_fmadd_ps(offset_acc, _mm256_set1_ps(-8.0), acc));
-    out
+    q8_1_group_kernel(group, act, q4_0::BLOCK_BYTES, 0, -8.0, |w, a| nibble_group_sums(w.add(16), a))
 }
 
 /// Eight Q4_1 rows interleaved against Q8_1 activations: as [`q4_0x8_q8_1`], with the 8
 /// rows' mins after their scales; w = d·level + m, so the offset term is Σ m·s.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q4_1x8_q8_1(group: &[u8], act: &[u8]) -> [f32; 8] {
-    const GROUP_BLOCK: usize = 8 * q4_1::BLOCK_BYTES;
-    let n = blocks(group, GROUP_BLOCK, act, q8_1::BLOCK_BYTES);
-    let mut acc = _mm256_setzero_ps();
-    let mut offset_acc = _mm256_setzero_ps(); // Σ m_w · s
-    for i in 0..n {
-        let (w, a) = (group.as_ptr().add(i * GROUP_BLOCK), act.as_ptr().add(i * q8_1::BLOCK_BYTES));
-        prefetch_ahead_by::<PREFETCH_AHEAD_FAST>(w, GROUP_BLOCK);
-        accumulate_group_block(w, w.add(16), a, nibble_group_sums(w.add(32), a), &mut acc, &mut offset_acc);
-    }
-    let mut out = [0f32; 8];
-    _mm256_storeu_ps(out.as_mut_ptr(), _mm256_add_ps(offset_acc, acc));
-    out
+    q8_1_group_kernel(group, act, q4_1::BLOCK_BYTES, 16, 1.0, |w, a| nibble_group_sums(w.add(32), a))
 }
 
 /// Nibbles at `qs` with the fifth bits of the little-endian u32 at `qh` on top.
@@ -366,36 +365,14 @@ unsafe fn five_bit_group_sums(qh: *const u8, qs: *const u8, a: *const u8) -> __m
 /// and nibbles ([`five_bit_group_sums`]); the offset term is −16·Σ d·s.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q5_0x8_q8_1(group: &[u8], act: &[u8]) -> [f32; 8] {
-    const GROUP_BLOCK: usize = 8 * q5_0::BLOCK_BYTES;
-    let n = blocks(group, GROUP_BLOCK, act, q8_1::BLOCK_BYTES);
-    let mut acc = _mm256_setzero_ps();
-    let mut offset_acc = _mm256_setzero_ps();
-    for i in 0..n {
-        let (w, a) = (group.as_ptr().add(i * GROUP_BLOCK), act.as_ptr().add(i * q8_1::BLOCK_BYTES));
-        prefetch_ahead_by::<PREFETCH_AHEAD_FAST>(w, GROUP_BLOCK);
-        accumulate_group_block(w, w, a, five_bit_group_sums(w.add(16), w.add(48), a), &mut acc, &mut offset_acc);
-    }
-    let mut out = [0f32; 8];
-    _mm256_storeu_ps(out.as_mut_ptr(), _mm256_fmadd_ps(offset_acc, _mm256_set1_ps(-16.0), acc));
-    out
+    q8_1_group_kernel(group, act, q5_0::BLOCK_BYTES, 0, -16.0, |w, a| five_bit_group_sums(w.add(16), w.add(48), a))
 }
 
 /// Eight Q5_1 rows interleaved against Q8_1 activations: as [`q5_0x8_q8_1`], with the 8
 /// rows' mins after their scales; the offset term is Σ m·s.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q5_1x8_q8_1(group: &[u8], act: &[u8]) -> [f32; 8] {
-    const GROUP_BLOCK: usize = 8 * q5_1::BLOCK_BYTES;
-    let n = blocks(group, GROUP_BLOCK, act, q8_1::BLOCK_BYTES);
-    let mut acc = _mm256_setzero_ps();
-    let mut offset_acc = _mm256_setzero_ps();
-    for i in 0..n {
-        let (w, a) = (group.as_ptr().add(i * GROUP_BLOCK), act.as_ptr().add(i * q8_1::BLOCK_BYTES));
-        prefetch_ahead_by::<PREFETCH_AHEAD_FAST>(w, GROUP_BLOCK);
-        accumulate_group_block(w, w.add(16), a, five_bit_group_sums(w.add(32), w.add(64), a), &mut acc, &mut offset_acc);
-    }
-    let mut out = [0f32; 8];
-    _mm256_storeu_ps(out.as_mut_ptr(), _mm256_add_ps(offset_acc, acc));
-    out
+    q8_1_group_kernel(group, act, q5_1::BLOCK_BYTES, 16, 1.0, |w, a| five_bit_group_sums(w.add(32), w.add(64), a))
 }
 
 /// Eight Q8_0 rows interleaved (`cpu::interleave`) against Q8_0 activations, lane r holding
