@@ -63,17 +63,15 @@ impl QuantizedInput {
             self.from = Some(id);
             self.by_type.iter_mut().for_each(|(_, _, ready)| *ready = false);
         }
-        let len = act_type.row_bytes(x.len()).expect("checked at load");
-        let at = match self.by_type.iter().position(|(t, _, _)| *t == act_type) {
-            Some(at) => at,
-            None => {
-                self.by_type.push((act_type, Vec::new(), false));
-                self.by_type.len() - 1
-            }
-        };
+        let at = self.by_type.iter().position(|(t, _, _)| *t == act_type).unwrap_or_else(|| {
+            self.by_type.push((act_type, Vec::new(), false));
+            self.by_type.len() - 1
+        });
         let (_, bytes, ready) = &mut self.by_type[at];
-        if !*ready || bytes.len() != len {
-            bytes.resize(len, 0);
+        if !*ready {
+            // Shorter or longer than the last activation; the capacity stays, so steady
+            // decode allocates nothing.
+            bytes.resize(act_type.row_bytes(x.len()).expect("checked at load"), 0);
             cpu::quantize_activations(x, act_type, bytes);
             *ready = true;
         }

@@ -766,7 +766,10 @@ mod tests {
     fn grouped_matvecs_equal_separate_ones() {
         let mut seed = 12u32;
         let k = 512;
-        let shapes = [(DType::Q4_0, 40, Layout::Rows), (DType::Q4_K, 16, Layout::Interleaved8), (DType::Q6_K, 72, Layout::Interleaved8), (DType::Q8_0, 75, Layout::Rows)];
+        let kernels: Vec<VecDot> = [DType::Q4_0, DType::Q4_K, DType::Q6_K, DType::Q8_0].map(|dtype| simd::vec_dot(dtype).unwrap()).to_vec();
+        // Interleaved where this CPU has the group kernel.
+        let interleaved = |i: usize, wanted: Layout| if kernels[i].group.is_some() { wanted } else { Layout::Rows };
+        let shapes = [(DType::Q4_0, 40, Layout::Rows), (DType::Q4_K, 16, interleaved(1, Layout::Interleaved8)), (DType::Q6_K, 72, interleaved(2, Layout::Interleaved8)), (DType::Q8_0, 75, Layout::Rows)];
         let weights: Vec<(Vec<u8>, Vec<f32>)> = shapes
             .iter()
             .map(|&(dtype, rows, layout)| {
@@ -784,7 +787,6 @@ mod tests {
             })
             .collect();
         let x = random(&mut seed, k);
-        let kernels: Vec<VecDot> = shapes.iter().map(|&(dtype, _, _)| simd::vec_dot(dtype).unwrap()).collect();
         let xq: Vec<Vec<u8>> = kernels
             .iter()
             .map(|kernel| {
@@ -795,7 +797,6 @@ mod tests {
             .collect();
         let matrix = |i: usize| {
             let (dtype, rows, layout) = shapes[i];
-            let layout = if kernels[i].group.is_some() { layout } else { Layout::Rows };
             Matrix { bytes: &weights[i].0, dtype, k, rows, layout }
         };
         for threads in [1, 3] {
