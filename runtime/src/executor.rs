@@ -242,35 +242,31 @@ impl<'m> Executor<'m> {
         }
     }
 
-    /// Runs op i, or ops i.. together where they can share work (the matmuls of one input
-    /// over several tokens); returns the next op to run.
+    /// Runs op i, or ops i.. together where they share work (the matmuls of one input: its
+    /// preparation, and one meeting of the threads); returns the next op to run.
     fn run_ops(&mut self, i: usize, tokens: &[u32], pos0: usize, all_logits: bool) -> usize {
-        if let Op::MatMul { x, .. } = self.graph.ops[i] {
-            let same_input = self.graph.ops[i..].iter().take_while(|op| matches!(op, Op::MatMul { x: y, .. } if *y == x)).count();
-            let ops = i..i + same_input.min(cpu::MAX_GROUPED_MATVECS);
-            if self.rows[x.0] > 1 {
-                self.matmuls(ops.clone());
-                return ops.end;
-            }
-            if self.has_matvec_kernels(ops.clone()) {
-                self.matvecs(ops.clone());
-                return ops.end;
-            }
+        let Op::MatMul { x, .. } = self.graph.ops[i] else {
+            self.run_op(i, tokens, pos0, all_logits);
+            return i + 1;
+        };
+        let same_input = self.graph.ops[i..].iter().take_while(|op| matches!(op, Op::MatMul { x: y, .. } if *y == x)).count();
+        let ops = i..i + same_input.min(cpu::MAX_GROUPED_MATVECS);
+        if self.rows[x.0] > 1 {
+            self.matmuls(ops.clone());
+        } else {
+            self.matvecs(ops.clone());
         }
-        self.run_op(i, tokens, pos0, all_logits);
-        i + 1
+        ops.end
     }
 
-    /// The integer kernel of MatMul op i's weight type, if this CPU has one.
+    /// The integer kernel MatMul op i takes for one token: its weight type's, where this CPU
+    /// has one and the executor is not exact ([`Executor::set_exact`]).
     fn matvec_kernel(&self, i: usize) -> Option<simd::VecDot> {
         let Op::MatMul { weight, .. } = self.graph.ops[i] else { unreachable!() };
+        if self.exact {
+            return None;
+        }
         simd::vec_dot(matrix(&self.weights, &self.repacked, weight).dtype)
-    }
-
-    /// Whether one token goes through every MatMul op of `ops` with quantized activations
-    /// (not [`Executor::set_exact`], and an integer kernel for each type).
-    fn has_matvec_kernels(&self, ops: std::ops::Range<usize>) -> bool {
-        !self.exact && ops.into_iter().all(|i| self.matvec_kernel(i).is_some())
     }
 
     /// The ranges of the input and of each output of MatMul ops `ops` (consecutive, of one
@@ -291,28 +287,34 @@ impl<'m> Executor<'m> {
         (input, outputs)
     }
 
-    /// The MatMul ops `ops`, consecutive and of one input, for one token with quantized
-    /// activations: the input is quantized once per type and the threads meet once (see
-    /// [`cpu::matvecs_quantized`]).
+    /// The MatMul ops `ops`, consecutive and of one input, for one token: the input is
+    /// quantized once per activation type (for the matrices with an integer kernel; the rest
+    /// read it in f32) and the threads meet once (see [`cpu::matvecs`]).
     fn matvecs(&mut self, ops: std::ops::Range<usize>) {
         let Op::MatMul { x, .. } = self.graph.ops[ops.start] else { unreachable!() };
         let (input, outputs) = self.matmul_ranges(ops.clone());
         for i in ops.clone() {
-            let kernel = self.matvec_kernel(i).expect("checked by has_matvec_kernels");
-            self.quantized.prepare(x, &self.arena[input.clone()], kernel.act_type);
+            if let Some(kernel) = self.matvec_kernel(i) {
+                self.quantized.prepare(x, &self.arena[input.clone()], kernel.act_type);
+            }
         }
         let base = self.arena.as_mut_ptr();
+        // SAFETY: the input and every output lie inside the arena and are pairwise disjoint
+        // (see `matmul_ranges`), so one shared and several mutable views do not overlap; the
+        // quantized input is not in the arena.
+        let x_f32 = unsafe { std::slice::from_raw_parts(base.add(input.start), input.len()) };
         let this = &*self;
         let products = ops.zip(&outputs).map(|(i, output)| {
             let Op::MatMul { weight, bias, .. } = this.graph.ops[i] else { unreachable!() };
-            let kernel = this.matvec_kernel(i).expect("checked by has_matvec_kernels");
-            // SAFETY: the outputs lie inside the arena and are pairwise disjoint (see
-            // `matmul_ranges`); the quantized input is not in the arena.
+            let x = match this.matvec_kernel(i) {
+                Some(kernel) => cpu::TokenInput::Quantized { xq: this.quantized.bytes(kernel.act_type), kernel },
+                None => cpu::TokenInput::Exact(x_f32),
+            };
+            // SAFETY: as for `x_f32`.
             let out = unsafe { std::slice::from_raw_parts_mut(base.add(output.start), output.len()) };
-            let xq = this.quantized.bytes(kernel.act_type);
-            cpu::QuantizedProduct { xq, kernel, w: matrix(&this.weights, &this.repacked, weight), bias: bias.map(|b| vector(&this.weights, b)), out }
+            cpu::Matvec { x, w: matrix(&this.weights, &this.repacked, weight), bias: bias.map(|b| vector(&this.weights, b)), out }
         });
-        cpu::matvecs_quantized(&self.pool, products);
+        cpu::matvecs(&self.pool, products);
     }
 
     /// The MatMul ops `ops`, consecutive and of one input, over several tokens: one call, so
@@ -358,15 +360,7 @@ impl<'m> Executor<'m> {
                 let weight = vector(&self.weights, weight);
                 self.pool.for_row_chunks(dst, width, |t0, rows| cpu::rms_norm(&src[t0 * width..][..rows.len()], weight, eps, rows));
             }
-            Op::MatMul { x, weight, bias, out } => {
-                // One token, exact (several tokens go through `matmuls`, quantized ones
-                // through `matvecs`).
-                self.rows[out.0] = 1;
-                let (rx, ro) = (self.act_range(x), self.act_range(out));
-                let w = matrix(&self.weights, &self.repacked, weight);
-                let (src, dst) = split_disjoint(&mut self.arena, rx, ro);
-                cpu::matmul(&self.pool, src, 1, w, bias.map(|b| vector(&self.weights, b)), dst);
-            }
+            Op::MatMul { .. } => unreachable!("run_ops takes the matmuls"),
             Op::Rope { x, rope } => {
                 if self.quantized.from == Some(x) {
                     self.quantized.forget(); // rotated in place below

@@ -4,10 +4,11 @@
 //!   panels of [`NR`] rows, k in slices of [`KC`], and multiplied by f32 activations in the
 //!   register-blocked micro-kernel of `gemm.rs`. Dequantization is paid once per panel and
 //!   shared by every token.
-//! - [`matmul`], exact, one token: each weight row dotted in place with the f32 activations.
-//! - [`matvec_quantized`], one token, activations quantized to 8 bits (the table's
-//!   `vec_dot_type`) by [`quantize_activations`]: integer dot products, 3-4x less arithmetic
-//!   per weight than dequantizing to f32, so decode stays bound by memory rather than cores.
+//! - [`matvecs`], one token against one to four matrices: each weight row dotted in place
+//!   with the f32 activations (exact), or with the activations quantized to 8 bits (the
+//!   table's `vec_dot_type`) by [`quantize_activations`]: integer dot products, 3-4x less
+//!   arithmetic per weight than dequantizing to f32, so decode stays bound by memory rather
+//!   than cores.
 //!
 //! Work is split over output rows (panels), so threads never write the same element.
 
@@ -110,29 +111,7 @@ pub fn matmul(pool: &ThreadPool, x: &[f32], n_tokens: usize, w: Matrix, bias: Op
         matmuls(pool, x, n_tokens, &mut [Product { w, bias, out }], false);
         return;
     }
-    let row_bytes = w.row_bytes();
-    assert_eq!(x.len(), w.k);
-    assert_eq!(out.len(), w.rows);
-    let out = SharedMut(out.as_mut_ptr());
-    if let (Layout::Rows, Some(dot_rows)) = (w.layout, simd::dot_rows_f32(w.dtype)) {
-        pool.for_ranges(w.rows, grain(pool, w.rows), |rows| {
-            // SAFETY: these rows belong to this range alone, inside `out` (w.rows long).
-            let out = unsafe { std::slice::from_raw_parts_mut(out.at(rows.start), rows.len()) };
-            dot_rows(&w.bytes[rows.start * row_bytes..rows.end * row_bytes], x, out);
-            if let Some(bias) = bias {
-                out.iter_mut().zip(&bias[rows]).for_each(|(o, b)| *o += b);
-            }
-        });
-        return;
-    }
-    let dot = simd::dot_f32(w.dtype);
-    pool.for_ranges(w.rows, grain(pool, w.rows), |rows| {
-        let mut buf = [0u8; GATHER_BYTES];
-        for j in rows {
-            // SAFETY: row j belongs to this range alone and j < w.rows = out.len().
-            unsafe { *out.at(j) = w.exact_row_dot(dot, j, row_bytes, x, &mut buf) + bias.map_or(0.0, |b| b[j]) };
-        }
-    });
+    matvecs(pool, [Matvec { x: TokenInput::Exact(x), w, bias, out }]);
 }
 
 /// One of several matmuls of the same activations: out = x · wᵀ (+ bias).
@@ -149,8 +128,8 @@ pub struct Product<'a> {
 /// [`matmul_8bit`]'s arithmetic; the rest, or all without it, are exact.
 pub fn matmuls(pool: &ThreadPool, x: &[f32], n_tokens: usize, products: &mut [Product], eight_bit: bool) {
     if n_tokens == 1 && !eight_bit {
-        for p in products.iter_mut() {
-            matmul(pool, x, 1, p.w, p.bias, p.out);
+        for group in products.chunks_mut(MAX_GROUPED_MATVECS) {
+            matvecs(pool, group.iter_mut().map(|p| Matvec { x: TokenInput::Exact(x), w: p.w, bias: p.bias, out: &mut *p.out }));
         }
         return;
     }
@@ -526,20 +505,26 @@ fn panel_times_tokens_8bit(tokens: &Tokens, n_tokens: usize, w: Matrix, row_byte
     add_bias(bias, n_tokens, cols, w.rows, out);
 }
 
-/// One token with quantized activations: `xq` is x quantized to `kernel.act_type` by
+/// One token against a matrix, its activations `xq` quantized to `kernel.act_type` by
 /// [`quantize_activations`]; `out` has one value per weight row.
 pub fn matvec_quantized(pool: &ThreadPool, xq: &[u8], kernel: VecDot, w: Matrix, bias: Option<&[f32]>, out: &mut [f32]) {
-    matvecs_quantized(pool, [QuantizedProduct { xq, kernel, w, bias, out }]);
+    matvecs(pool, [Matvec { x: TokenInput::Quantized { xq, kernel }, w, bias, out }]);
 }
 
-/// The most matrices [`matvecs_quantized`] takes at once (q, k and v are three).
+/// The most matrices [`matvecs`] takes at once (q, k and v are three).
 pub const MAX_GROUPED_MATVECS: usize = 4;
 
-/// One token against a matrix, its activations `xq` quantized to `kernel.act_type`: an
-/// operand of [`matvecs_quantized`].
-pub struct QuantizedProduct<'a> {
-    pub xq: &'a [u8],
-    pub kernel: VecDot,
+/// One token's activations as a matvec reads them: quantized to `kernel.act_type` (integer
+/// dot products), or f32 (exact: the 16-bit float types, and `--exact`).
+#[derive(Clone, Copy)]
+pub enum TokenInput<'a> {
+    Quantized { xq: &'a [u8], kernel: VecDot },
+    Exact(&'a [f32]),
+}
+
+/// One token against a matrix: an operand of [`matvecs`].
+pub struct Matvec<'a> {
+    pub x: TokenInput<'a>,
     pub w: Matrix<'a>,
     pub bias: Option<&'a [f32]>,
     pub out: &'a mut [f32],
@@ -549,7 +534,7 @@ pub struct QuantizedProduct<'a> {
 /// are handed out as one set of ranges, so the threads meet once per group rather than once
 /// per matrix (a SmolLM2 decode step had 240 meetings, 90 of them saved this way). At most
 /// [`MAX_GROUPED_MATVECS`] matrices; nothing is allocated (decode allocates nothing).
-pub fn matvecs_quantized<'a>(pool: &ThreadPool, products: impl IntoIterator<Item = QuantizedProduct<'a>>) {
+pub fn matvecs<'a>(pool: &ThreadPool, products: impl IntoIterator<Item = Matvec<'a>>) {
     let mut shares: [Option<MatvecShare>; MAX_GROUPED_MATVECS] = [const { None }; MAX_GROUPED_MATVECS];
     let mut n_ranges = 0;
     for (i, p) in products.into_iter().enumerate() {
@@ -567,11 +552,10 @@ pub fn matvecs_quantized<'a>(pool: &ThreadPool, products: impl IntoIterator<Item
     });
 }
 
-/// A checked [`QuantizedProduct`] as the threads share it: its output a pointer, its rows
-/// cut into ranges of `step`, numbered from `first_range` in the group.
+/// A checked [`Matvec`] as the threads share it: its output a pointer, its rows cut into
+/// ranges of `step`, numbered from `first_range` in the group.
 struct MatvecShare<'a> {
-    xq: &'a [u8],
-    kernel: VecDot,
+    x: TokenInput<'a>,
     w: Matrix<'a>,
     row_bytes: usize,
     bias: Option<&'a [f32]>,
@@ -581,49 +565,83 @@ struct MatvecShare<'a> {
 }
 
 impl<'a> MatvecShare<'a> {
-    fn new(p: QuantizedProduct<'a>, pool: &ThreadPool, first_range: usize) -> MatvecShare<'a> {
+    fn new(p: Matvec<'a>, pool: &ThreadPool, first_range: usize) -> MatvecShare<'a> {
         let row_bytes = p.w.row_bytes();
-        assert_eq!(Some(p.xq.len()), p.kernel.act_type.row_bytes(p.w.k), "activations quantized for another length");
+        match p.x {
+            TokenInput::Quantized { xq, kernel } => {
+                assert_eq!(Some(xq.len()), kernel.act_type.row_bytes(p.w.k), "activations quantized for another length");
+                assert!(p.w.layout == Layout::Rows || kernel.group.is_some(), "matrices are interleaved only for types with a group kernel");
+            }
+            TokenInput::Exact(x) => assert_eq!(x.len(), p.w.k),
+        }
         assert_eq!(p.out.len(), p.w.rows);
         if let Some(bias) = p.bias {
             assert_eq!(bias.len(), p.w.rows);
         }
         let step = match p.w.layout {
-            Layout::Interleaved8 => {
-                assert!(p.kernel.group.is_some(), "matrices are interleaved only for types with a group kernel");
-                grain(pool, p.w.rows).next_multiple_of(GROUP)
-            }
+            Layout::Interleaved8 => grain(pool, p.w.rows).next_multiple_of(GROUP),
             Layout::Rows => grain(pool, p.w.rows),
         };
-        MatvecShare { xq: p.xq, kernel: p.kernel, w: p.w, row_bytes, bias: p.bias, out: SharedMut(p.out.as_mut_ptr()), step, first_range }
+        MatvecShare { x: p.x, w: p.w, row_bytes, bias: p.bias, out: SharedMut(p.out.as_mut_ptr()), step, first_range }
+    }
+
+    fn bias_of(&self, j: usize) -> f32 {
+        self.bias.map_or(0.0, |b| b[j])
     }
 
     /// Output rows `rows` (whole groups, for an interleaved matrix).
     fn rows(&self, rows: Range<usize>) {
-        let (w, xq, out, row_bytes) = (self.w, self.xq, self.out, self.row_bytes);
-        let bias_of = |j: usize| self.bias.map_or(0.0, |b| b[j]);
-        if let (Layout::Interleaved8, Some(group_kernel)) = (w.layout, self.kernel.group) {
+        match self.x {
+            TokenInput::Quantized { xq, kernel } => self.quantized_rows(xq, kernel, rows),
+            TokenInput::Exact(x) => self.exact_rows(x, rows),
+        }
+    }
+
+    fn quantized_rows(&self, xq: &[u8], kernel: VecDot, rows: Range<usize>) {
+        let (w, out, row_bytes) = (self.w, self.out, self.row_bytes);
+        if let (Layout::Interleaved8, Some(group_kernel)) = (w.layout, kernel.group) {
             for g in rows.start / GROUP..rows.end / GROUP {
                 for (r, value) in group_kernel(w.group(g, row_bytes), xq).into_iter().enumerate() {
                     let j = g * GROUP + r;
                     // SAFETY: the rows of group g belong to this range alone.
-                    unsafe { *out.at(j) = value + bias_of(j) };
+                    unsafe { *out.at(j) = value + self.bias_of(j) };
                 }
             }
             return;
         }
         let mut j = rows.start;
-        if let Some(pair) = self.kernel.pair {
+        if let Some(pair) = kernel.pair {
             while j + 2 <= rows.end {
                 let [a, b] = pair(w.row(j, row_bytes), w.row(j + 1, row_bytes), xq);
-                // SAFETY: as in `matmul`.
-                unsafe { (*out.at(j), *out.at(j + 1)) = (a + bias_of(j), b + bias_of(j + 1)) };
+                // SAFETY: rows j and j + 1 belong to this range alone, inside `out` (w.rows long).
+                unsafe { (*out.at(j), *out.at(j + 1)) = (a + self.bias_of(j), b + self.bias_of(j + 1)) };
                 j += 2;
             }
         }
         for j in j..rows.end {
-            // SAFETY: as in `matmul`.
-            unsafe { *out.at(j) = (self.kernel.dot)(w.row(j, row_bytes), xq) + bias_of(j) };
+            // SAFETY: row j belongs to this range alone and j < w.rows = out.len().
+            unsafe { *out.at(j) = (kernel.dot)(w.row(j, row_bytes), xq) + self.bias_of(j) };
+        }
+    }
+
+    /// Rows dotted in place with the f32 activations: a run of rows in one call where this
+    /// CPU has such a kernel (the 16-bit floats), else row by row (gathered from a group).
+    fn exact_rows(&self, x: &[f32], rows: Range<usize>) {
+        let (w, row_bytes) = (self.w, self.row_bytes);
+        if let (Layout::Rows, Some(dot_rows)) = (w.layout, simd::dot_rows_f32(w.dtype)) {
+            // SAFETY: these rows belong to this range alone, inside `out` (w.rows long).
+            let out = unsafe { std::slice::from_raw_parts_mut(self.out.at(rows.start), rows.len()) };
+            dot_rows(&w.bytes[rows.start * row_bytes..rows.end * row_bytes], x, out);
+            if let Some(bias) = self.bias {
+                out.iter_mut().zip(&bias[rows]).for_each(|(o, b)| *o += b);
+            }
+            return;
+        }
+        let dot = simd::dot_f32(w.dtype);
+        let mut buf = [0u8; GATHER_BYTES];
+        for j in rows {
+            // SAFETY: row j belongs to this range alone and j < w.rows = out.len().
+            unsafe { *self.out.at(j) = w.exact_row_dot(dot, j, row_bytes, x, &mut buf) + self.bias_of(j) };
         }
     }
 }
@@ -737,7 +755,8 @@ mod tests {
         for threads in [1, 3] {
             let pool = ThreadPool::new(threads).unwrap();
             for eight_bit in [false, true] {
-                for n_tokens in [2, 13] {
+                // One token: the exact form only (the one-token matvecs, grouped).
+                for n_tokens in [1, 2, 13].into_iter().filter(|&n| n > 1 || !eight_bit) {
                     let x = random(&mut seed, n_tokens * k);
                     let bias = |i: usize| (i % 2 == 0).then_some(&weights[i].3[..]);
                     let mut separate: Vec<Vec<f32>> = weights.iter().map(|w| vec![f32::NAN; n_tokens * w.1]).collect();
@@ -807,8 +826,8 @@ mod tests {
                 matvec_quantized(&pool, &xq[i], kernels[i], matrix(i), bias(i), out);
             }
             let mut grouped: Vec<Vec<f32>> = shapes.iter().map(|s| vec![f32::NAN; s.1]).collect();
-            let products = grouped.iter_mut().enumerate().map(|(i, out)| QuantizedProduct { xq: &xq[i], kernel: kernels[i], w: matrix(i), bias: bias(i), out });
-            matvecs_quantized(&pool, products);
+            let products = grouped.iter_mut().enumerate().map(|(i, out)| Matvec { x: TokenInput::Quantized { xq: &xq[i], kernel: kernels[i] }, w: matrix(i), bias: bias(i), out });
+            matvecs(&pool, products);
             for (i, (a, b)) in separate.iter().zip(&grouped).enumerate() {
                 assert!(a.iter().all(|v| v.is_finite()), "{} threads={threads}: a row was not written", shapes[i].0);
                 let same = a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits());

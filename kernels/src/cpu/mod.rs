@@ -14,7 +14,7 @@ pub mod simd;
 mod vec;
 
 pub use attention::{attention, softmax, AttentionShape, KvRows};
-pub use matmul::{matmul, matmul_8bit, matmuls, matvec_quantized, matvecs_quantized, MAX_GROUPED_MATVECS, quantize_activations, Layout, Matrix, Product, QuantizedProduct};
+pub use matmul::{matmul, matmul_8bit, matmuls, matvec_quantized, matvecs, quantize_activations, Layout, Matrix, Matvec, Product, TokenInput, MAX_GROUPED_MATVECS};
 pub use norm::rms_norm;
 pub use pool::ThreadPool;
 pub use rope::{RopeParams, RopeStyle};
