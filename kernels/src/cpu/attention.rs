@@ -56,7 +56,7 @@ impl KvRows<'_> {
     fn scores(&self, q: &[f32], start: usize, scale: f32, scores: &mut [f32]) {
         let dim = q.len();
         #[cfg(target_arch = "x86_64")]
-        if simd::isa() == simd::Isa::Avx2 && dim % 8 == 0 {
+        if simd::isa().has_avx2() && dim % 8 == 0 {
             let n = scores.len();
             // SAFETY: AVX2 was detected; the rows read are the slice given (bounds-checked).
             unsafe {
@@ -86,7 +86,7 @@ impl KvRows<'_> {
     fn weighted_sum(&self, weights: &[f32], start: usize, out: &mut [f32]) {
         let dim = out.len();
         #[cfg(target_arch = "x86_64")]
-        if simd::isa() == simd::Isa::Avx2 && dim % 8 == 0 {
+        if simd::isa().has_avx2() && dim % 8 == 0 {
             let n = weights.len();
             // SAFETY: AVX2 was detected; the rows read lie inside the slices (indexing below
             // checks the last one).

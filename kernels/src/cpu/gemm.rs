@@ -36,7 +36,7 @@ pub unsafe fn tile(mr: usize, kc: usize, tokens: Tokens, panel: &[f32], ldp: usi
         Tokens::Packed(x) => assert!(x.len() >= kc * MR),
     }
     #[cfg(target_arch = "x86_64")]
-    if super::simd::isa() == super::simd::Isa::Avx2 {
+    if super::simd::isa().has_avx2() {
         let panel = panel.as_ptr();
         macro_rules! by_height {
             ($packed:literal, $x:expr, $ldx:expr) => {
@@ -73,7 +73,7 @@ pub unsafe fn tiles_along_tokens(n_tokens: usize, kc: usize, x: &[f32], block_st
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if super::simd::isa() == super::simd::Isa::Avx2 {
+    if super::simd::isa().has_avx2() {
         // The full blocks straight to the kernel; the sizes were checked once above.
         done = n_tokens / MR;
         for b in 0..done {
@@ -94,7 +94,7 @@ pub fn pack_panel(rows: &[f32], ld: usize, n_rows: usize, kc: usize, panel: &mut
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if n_rows == NR && super::simd::isa() == super::simd::Isa::Avx2 {
+    if n_rows == NR && super::simd::isa().has_avx2() {
         done = kc / 8 * 8;
         // SAFETY: AVX2 is present; the reads stay inside the NR rows of `kc` and the writes
         // inside panel[..kc·NR] (both checked above).
@@ -140,7 +140,7 @@ pub fn pack_panel_widening(dtype: DType, rows: &[u8], ld: usize, kc: usize, pane
     let size = dtype.type_size();
     assert!(kc >= 1 && ld >= kc * size && rows.len() >= (NR - 1) * ld + kc * size && panel.len() >= kc * NR);
     #[cfg(target_arch = "x86_64")]
-    if kc % 8 == 0 && super::simd::isa() == super::simd::Isa::Avx2 {
+    if kc % 8 == 0 && super::simd::isa().has_avx2() {
         let (rows, panel) = (rows.as_ptr(), panel.as_mut_ptr());
         // SAFETY: AVX2 and F16C are present; the reads stay inside the NR rows of kc values
         // and the writes inside panel[..kc·NR] (both checked above).
@@ -239,7 +239,7 @@ pub fn pack_tokens(x: &[f32], k: usize, t0: usize, out: &mut [f32]) {
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if n == MR && super::simd::isa() == super::simd::Isa::Avx2 {
+    if n == MR && super::simd::isa().has_avx2() {
         // Eight values of each token at a time, while a ninth follows: the column stores are
         // eight wide and each overlaps the next by two, the last ending inside `out`.
         done = k.saturating_sub(1) / 8 * 8;
@@ -426,7 +426,7 @@ mod tests {
             if pack_panel_widening(dtype, &bytes[k0 * size..], row_bytes, kc, &mut got) {
                 assert!(got.iter().zip(&expected).all(|(a, b)| a.to_bits() == b.to_bits()), "{dtype}");
             } else {
-                assert_ne!(crate::cpu::simd::isa(), crate::cpu::simd::Isa::Avx2, "AVX2 declined a multiple of 8");
+                assert!(!crate::cpu::simd::isa().has_avx2(), "AVX2 declined a multiple of 8");
             }
         }
         let q8_0 = vec![0u8; NR * DType::Q8_0.row_bytes(64).unwrap()];

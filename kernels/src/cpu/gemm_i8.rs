@@ -61,8 +61,22 @@ pub unsafe fn tile_i8(mr: usize, tokens: &Tokens, t0: usize, b0: usize, n_blocks
     assert!(levels.len() >= n_blocks * 32 * NR8 && scales.len() >= n_blocks * NR8 && offsets.len() >= n_blocks * NR8);
     assert!(Tokens::block_at(k, t0 + MR8 - 1, nb - 1) < tokens.scales.len().min(tokens.sums.len()));
     #[cfg(target_arch = "x86_64")]
-    if super::simd::isa() == super::simd::Isa::Avx2 {
+    if super::simd::isa().has_avx2() {
         let args = (tokens, t0, b0, n_blocks, levels, scales, offsets, out, ldo, accumulate);
+        if super::simd::isa() == super::simd::Isa::Avx512Vnni {
+            // `vpdpbusd` adds into i32 lanes: no i16 sums to flush.
+            match (mr, range == LevelRange::Signed) {
+                (1, false) => avx2::tile_vnni::<1, 8>(args),
+                (2, false) => avx2::tile_vnni::<2, 8>(args),
+                (3, false) => avx2::tile_vnni::<3, 8>(args),
+                (_, false) => avx2::tile_vnni::<4, 8>(args),
+                (1, true) => avx2::tile_vnni::<1, 1>(args),
+                (2, true) => avx2::tile_vnni::<2, 1>(args),
+                (3, true) => avx2::tile_vnni::<3, 1>(args),
+                (_, true) => avx2::tile_vnni::<4, 1>(args),
+            }
+            return;
+        }
         // How many groups the i16 sums take before they are widened: 8 for levels ≤ 15
         // (8 groups · 2 pairs · 15 · 127 < 2¹⁵), 4 for levels ≤ 31, 1 for signed bytes.
         let flush = match range {
@@ -121,7 +135,19 @@ mod avx2 {
     /// M tokens; the i16 sums are widened every FLUSH groups. FLUSH = 1 means signed levels:
     /// |u| · sign(u)·q, whose pair sums (up to 2 · 127 · 127) leave no room for a second.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn tile<const M: usize, const FLUSH: usize>((tokens, t0, b0, n_blocks, levels, scales, offsets, out, ldo, accumulate): Args) {
+    pub(super) unsafe fn tile<const M: usize, const FLUSH: usize>(args: Args) {
+        tile_body::<M, FLUSH, false>(args)
+    }
+
+    /// [`tile`] with AVX-512 VNNI: each group's products go straight into the i32 sums, so
+    /// FLUSH only tells signed levels (1) from unsigned ones.
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) unsafe fn tile_vnni<const M: usize, const FLUSH: usize>(args: Args) {
+        tile_body::<M, FLUSH, true>(args)
+    }
+
+    #[inline(always)]
+    unsafe fn tile_body<const M: usize, const FLUSH: usize, const VNNI: bool>((tokens, t0, b0, n_blocks, levels, scales, offsets, out, ldo, accumulate): Args) {
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); M];
         // This block of tokens: group j's MR8 × 4 levels at 16·j, block b's scales at MR8·b.
@@ -141,9 +167,13 @@ mod avx2 {
                     if FLUSH == 1 {
                         x = _mm256_sign_epi8(x, w);
                     }
-                    narrow[t] = _mm256_add_epi16(narrow[t], _mm256_maddubs_epi16(unsigned_w, x));
+                    if VNNI {
+                        wide[t] = _mm256_dpbusd_epi32(wide[t], unsigned_w, x);
+                    } else {
+                        narrow[t] = _mm256_add_epi16(narrow[t], _mm256_maddubs_epi16(unsigned_w, x));
+                    }
                 }
-                if (g + 1) % FLUSH == 0 {
+                if !VNNI && (g + 1) % FLUSH == 0 {
                     for t in 0..M {
                         wide[t] = _mm256_add_epi32(wide[t], _mm256_madd_epi16(narrow[t], ones));
                         narrow[t] = _mm256_setzero_si256();

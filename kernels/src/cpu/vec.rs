@@ -7,7 +7,7 @@ use wide::f32x8;
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "dot of vectors of different lengths");
     #[cfg(target_arch = "x86_64")]
-    if super::simd::isa() == super::simd::Isa::Avx2 {
+    if super::simd::isa().has_avx2() {
         // SAFETY: `isa()` found AVX2 and FMA, the features this function is compiled for.
         return unsafe { dot_avx2(a, b) };
     }
@@ -81,7 +81,7 @@ pub fn add(a: &[f32], b: &[f32], out: &mut [f32]) {
 pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
     assert!(gate.len() == up.len() && gate.len() == out.len());
     #[cfg(target_arch = "x86_64")]
-    if super::simd::isa() == super::simd::Isa::Avx2 {
+    if super::simd::isa().has_avx2() {
         // SAFETY: `isa()` found AVX2 and FMA; the lengths are equal (asserted).
         let done = unsafe { silu_mul_avx2(gate, up, out) };
         return silu_mul_tail(&gate[done..], &up[done..], &mut out[done..]);
@@ -116,7 +116,7 @@ fn silu_mul_tail(gate: &[f32], up: &[f32], out: &mut [f32]) {
 /// x[i] = exp(x[i] - shift), returning Σ x[i] (the softmax numerator and denominator).
 pub fn exp_shifted(x: &mut [f32], shift: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if super::simd::isa() == super::simd::Isa::Avx2 {
+    if super::simd::isa().has_avx2() {
         // SAFETY: `isa()` found AVX2 and FMA.
         let (done, sum) = unsafe { exp_shifted_avx2(x, shift) };
         return sum + exp_shifted_tail(&mut x[done..], shift);

@@ -96,16 +96,53 @@ unsafe fn shr16(x: __m256i, count: impl Into<i64>) -> __m256i {
     _mm256_srl_epi16(x, _mm_cvtsi64_si128(count.into()))
 }
 
-/// Σ u·s over 32 byte pairs (u unsigned ≤ 127, s signed), as 8 i32 partial sums.
+/// acc + Σ u·s over 32 byte pairs (u unsigned ≤ 127, s signed), as 8 i32 partial sums:
+/// `vpdpbusd` where VNNI (the kernels' AVX-512 variants), else `maddubs` + `madd` + add.
+/// The same integers either way: no i16 pair sum of these operands saturates.
 #[inline(always)]
-unsafe fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256i {
-    _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+unsafe fn add_dot_u8_i8<const VNNI: bool>(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+    if VNNI {
+        _mm256_dpbusd_epi32(acc, u, s)
+    } else {
+        _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)))
+    }
 }
 
-/// Σ x·y over 32 signed byte pairs, as 8 i32 partial sums.
+/// Σ u·s over 32 byte pairs (u unsigned ≤ 127, s signed), as 8 i32 partial sums.
 #[inline(always)]
-unsafe fn dot_i8_i8(x: __m256i, y: __m256i) -> __m256i {
-    dot_u8_i8(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
+unsafe fn dot_u8_i8<const VNNI: bool>(u: __m256i, s: __m256i) -> __m256i {
+    if VNNI {
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
+    } else {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+    }
+}
+
+/// acc + Σ x·y over 32 signed byte pairs, as 8 i32 partial sums.
+#[inline(always)]
+unsafe fn add_dot_i8_i8<const VNNI: bool>(acc: __m256i, x: __m256i, y: __m256i) -> __m256i {
+    add_dot_u8_i8::<VNNI>(acc, _mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
+}
+
+/// Defines a kernel twice from one body: `$name` with AVX2's features, where the body's
+/// constant `VNNI` is false, and `$vnni_name` with AVX-512 VNNI's, where it is true, so the
+/// byte dot products above take `vpdpbusd`. Everything else compiles the same for both.
+macro_rules! with_vnni_variant {
+    ($(#[$attr:meta])* pub unsafe fn $name:ident / $vnni_name:ident ($($arg:ident: $ty:ty),*) -> $ret:ty $body:block) => {
+        $(#[$attr])*
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $name($($arg: $ty),*) -> $ret {
+            const VNNI: bool = false;
+            $body
+        }
+
+        #[doc = concat!("[`", stringify!($name), "`] with AVX-512 VNNI.")]
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        pub unsafe fn $vnni_name($($arg: $ty),*) -> $ret {
+            const VNNI: bool = true;
+            $body
+        }
+    };
 }
 
 /// How far ahead of the block being computed the weights are prefetched. The hardware
@@ -163,7 +200,7 @@ fn blocks(row: &[u8], row_block: usize, act: &[u8], act_block: usize) -> usize {
 /// of that row with itself (in a matvec only the odd row of a range takes that path), so a
 /// row gets the same bits whichever way it is computed.
 #[inline(always)]
-unsafe fn against_q8_1_pair(rows: [&[u8]; 2], act: &[u8], block_bytes: usize, offset: Option<f32>, levels: impl Fn(*const u8) -> __m256i) -> [f32; 2] {
+unsafe fn against_q8_1_pair<const VNNI: bool>(rows: [&[u8]; 2], act: &[u8], block_bytes: usize, offset: Option<f32>, levels: impl Fn(*const u8) -> __m256i) -> [f32; 2] {
     let n = blocks(rows[0], block_bytes, act, q8_1::BLOCK_BYTES);
     assert_eq!(rows[1].len(), rows[0].len(), "vec_dot pair: rows of different lengths");
     let mut acc = [_mm256_setzero_ps(); 2];
@@ -189,31 +226,35 @@ unsafe fn against_q8_1_pair(rows: [&[u8]; 2], act: &[u8], block_bytes: usize, of
         let d = [_mm256_broadcastss_ps(_mm256_castps256_ps128(products)), _mm256_permutevar8x32_ps(products, _mm256_set1_epi32(1))];
         let x = load(a.add(4));
         for (r, w) in [w0, w1].into_iter().enumerate() {
-            acc[r] = _mm256_fmadd_ps(d[r], _mm256_cvtepi32_ps(dot_u8_i8(levels(w), x)), acc[r]);
+            acc[r] = _mm256_fmadd_ps(d[r], _mm256_cvtepi32_ps(dot_u8_i8::<VNNI>(levels(w), x)), acc[r]);
         }
     }
     let scale = offset.unwrap_or(1.0);
     [hsum(acc[0]) + scale * _mm_cvtss_f32(_mm_movehl_ps(constants, constants)), hsum(acc[1]) + scale * _mm_cvtss_f32(_mm_shuffle_ps::<3>(constants, constants))]
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q4_0_q8_1_pair(row0: &[u8], row1: &[u8], act: &[u8]) -> [f32; 2] {
-    against_q8_1_pair([row0, row1], act, q4_0::BLOCK_BYTES, Some(-8.0), |w| nibbles(w.add(2)))
+with_vnni_variant! {
+    pub unsafe fn q4_0_q8_1_pair / q4_0_q8_1_pair_vnni(row0: &[u8], row1: &[u8], act: &[u8]) -> [f32; 2] {
+        against_q8_1_pair::<VNNI>([row0, row1], act, q4_0::BLOCK_BYTES, Some(-8.0), |w| nibbles(w.add(2)))
+    }
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q4_1_q8_1_pair(row0: &[u8], row1: &[u8], act: &[u8]) -> [f32; 2] {
-    against_q8_1_pair([row0, row1], act, q4_1::BLOCK_BYTES, None, |w| nibbles(w.add(4)))
+with_vnni_variant! {
+    pub unsafe fn q4_1_q8_1_pair / q4_1_q8_1_pair_vnni(row0: &[u8], row1: &[u8], act: &[u8]) -> [f32; 2] {
+        against_q8_1_pair::<VNNI>([row0, row1], act, q4_1::BLOCK_BYTES, None, |w| nibbles(w.add(4)))
+    }
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q5_0_q8_1_pair(row0: &[u8], row1: &[u8], act: &[u8]) -> [f32; 2] {
-    against_q8_1_pair([row0, row1], act, q5_0::BLOCK_BYTES, Some(-16.0), |w| five_bit_levels(w.add(2), w.add(6)))
+with_vnni_variant! {
+    pub unsafe fn q5_0_q8_1_pair / q5_0_q8_1_pair_vnni(row0: &[u8], row1: &[u8], act: &[u8]) -> [f32; 2] {
+        against_q8_1_pair::<VNNI>([row0, row1], act, q5_0::BLOCK_BYTES, Some(-16.0), |w| five_bit_levels(w.add(2), w.add(6)))
+    }
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q5_1_q8_1_pair(row0: &[u8], row1: &[u8], act: &[u8]) -> [f32; 2] {
-    against_q8_1_pair([row0, row1], act, q5_1::BLOCK_BYTES, None, |w| five_bit_levels(w.add(4), w.add(8)))
+with_vnni_variant! {
+    pub unsafe fn q5_1_q8_1_pair / q5_1_q8_1_pair_vnni(row0: &[u8], row1: &[u8], act: &[u8]) -> [f32; 2] {
+        against_q8_1_pair::<VNNI>([row0, row1], act, q5_1::BLOCK_BYTES, None, |w| five_bit_levels(w.add(4), w.add(8)))
+    }
 }
 
 /// The end of a group block against a Q8_1 block: `sums` (lane r: row r's Σ level·a) scaled
@@ -234,9 +275,9 @@ unsafe fn accumulate_group_block(w: *const u8, offsets: *const u8, a: *const u8,
 /// Σ level·a of a group block of 4-bit levels (Q4_0, Q4_1) against a Q8_1 block: 4 chunks of
 /// 32 bytes at `qs` holding bytes 4c..4c+4 of each row, low nibbles values 4c.., high
 /// nibbles 16 + 4c... Eight `maddubs` products (each pair ≤ 2·15·127) add up in i16 without
-/// overflow (≤ 30480).
+/// overflow (≤ 30480). VNNI adds each product into the i32 sums directly.
 #[inline(always)]
-unsafe fn nibble_group_sums(qs: *const u8, a: *const u8) -> __m256i {
+unsafe fn nibble_group_sums<const VNNI: bool>(qs: *const u8, a: *const u8) -> __m256i {
     let low_nibbles = _mm256_set1_epi8(0x0f);
     let mut sums = _mm256_setzero_si256();
     for c in 0..4 {
@@ -245,9 +286,17 @@ unsafe fn nibble_group_sums(qs: *const u8, a: *const u8) -> __m256i {
         let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(quants), low_nibbles);
         let a_lo = broadcast_4_bytes(a.add(4 + 4 * c));
         let a_hi = broadcast_4_bytes(a.add(4 + 16 + 4 * c));
-        sums = _mm256_add_epi16(sums, _mm256_add_epi16(_mm256_maddubs_epi16(lo, a_lo), _mm256_maddubs_epi16(hi, a_hi)));
+        sums = if VNNI {
+            _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(sums, lo, a_lo), hi, a_hi)
+        } else {
+            _mm256_add_epi16(sums, _mm256_add_epi16(_mm256_maddubs_epi16(lo, a_lo), _mm256_maddubs_epi16(hi, a_hi)))
+        };
     }
-    _mm256_madd_epi16(sums, _mm256_set1_epi16(1))
+    if VNNI {
+        sums
+    } else {
+        _mm256_madd_epi16(sums, _mm256_set1_epi16(1))
+    }
 }
 
 /// The Q8_1 family's group kernels: per group block (8 rows of `block_bytes` each), the
@@ -271,20 +320,22 @@ unsafe fn q8_1_group_kernel(group: &[u8], act: &[u8], block_bytes: usize, offset
     out
 }
 
-/// Eight Q4_0 rows interleaved (`cpu::interleave`) against Q8_1 activations: lane r of every
-/// vector is row r. A block of the group is the 8 rows' f16 scales, then the nibbles
-/// ([`nibble_group_sums`]): a block costs one widening, one conversion and one fused
-/// multiply-add for all 8 rows.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q4_0x8_q8_1(group: &[u8], act: &[u8]) -> [f32; 8] {
-    q8_1_group_kernel(group, act, q4_0::BLOCK_BYTES, 0, -8.0, |w, a| nibble_group_sums(w.add(16), a))
+with_vnni_variant! {
+    /// Eight Q4_0 rows interleaved (`cpu::interleave`) against Q8_1 activations: lane r of every
+    /// vector is row r. A block of the group is the 8 rows' f16 scales, then the nibbles
+    /// ([`nibble_group_sums`]): a block costs one widening, one conversion and one fused
+    /// multiply-add for all 8 rows.
+    pub unsafe fn q4_0x8_q8_1 / q4_0x8_q8_1_vnni(group: &[u8], act: &[u8]) -> [f32; 8] {
+        q8_1_group_kernel(group, act, q4_0::BLOCK_BYTES, 0, -8.0, |w, a| nibble_group_sums::<VNNI>(w.add(16), a))
+    }
 }
 
-/// Eight Q4_1 rows interleaved against Q8_1 activations: as [`q4_0x8_q8_1`], with the 8
-/// rows' mins after their scales; w = d·level + m, so the offset term is Σ m·s.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q4_1x8_q8_1(group: &[u8], act: &[u8]) -> [f32; 8] {
-    q8_1_group_kernel(group, act, q4_1::BLOCK_BYTES, 16, 1.0, |w, a| nibble_group_sums(w.add(32), a))
+with_vnni_variant! {
+    /// Eight Q4_1 rows interleaved against Q8_1 activations: as [`q4_0x8_q8_1`], with the 8
+    /// rows' mins after their scales; w = d·level + m, so the offset term is Σ m·s.
+    pub unsafe fn q4_1x8_q8_1 / q4_1x8_q8_1_vnni(group: &[u8], act: &[u8]) -> [f32; 8] {
+        q8_1_group_kernel(group, act, q4_1::BLOCK_BYTES, 16, 1.0, |w, a| nibble_group_sums::<VNNI>(w.add(32), a))
+    }
 }
 
 /// Nibbles at `qs` with the fifth bits of the little-endian u32 at `qh` on top.
@@ -293,37 +344,43 @@ unsafe fn five_bit_levels(qh: *const u8, qs: *const u8) -> __m256i {
     _mm256_or_si256(nibbles(qs), _mm256_and_si256(bit_mask_bytes(qh), _mm256_set1_epi8(0x10)))
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q4_0_q8_1(row: &[u8], act: &[u8]) -> f32 {
-    q4_0_q8_1_pair(row, row, act)[0]
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q4_1_q8_1(row: &[u8], act: &[u8]) -> f32 {
-    q4_1_q8_1_pair(row, row, act)[0]
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q5_0_q8_1(row: &[u8], act: &[u8]) -> f32 {
-    q5_0_q8_1_pair(row, row, act)[0]
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q5_1_q8_1(row: &[u8], act: &[u8]) -> f32 {
-    q5_1_q8_1_pair(row, row, act)[0]
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q8_0_q8_0(row: &[u8], act: &[u8]) -> f32 {
-    let n = blocks(row, q8_0::BLOCK_BYTES, act, q8_0::BLOCK_BYTES);
-    let mut acc = _mm256_setzero_ps();
-    for i in 0..n {
-        let (w, a) = (row.as_ptr().add(i * q8_0::BLOCK_BYTES), act.as_ptr().add(i * q8_0::BLOCK_BYTES));
-        prefetch_ahead(w, q8_0::BLOCK_BYTES);
-        let d = _mm256_set1_ps(f16_at(w) * f16_at(a));
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_i8_i8(load(w.add(2)), load(a.add(2)))), acc);
+with_vnni_variant! {
+    pub unsafe fn q4_0_q8_1 / q4_0_q8_1_vnni(row: &[u8], act: &[u8]) -> f32 {
+        against_q8_1_pair::<VNNI>([row, row], act, q4_0::BLOCK_BYTES, Some(-8.0), |w| nibbles(w.add(2)))[0]
     }
-    hsum(acc)
+}
+
+with_vnni_variant! {
+    pub unsafe fn q4_1_q8_1 / q4_1_q8_1_vnni(row: &[u8], act: &[u8]) -> f32 {
+        against_q8_1_pair::<VNNI>([row, row], act, q4_1::BLOCK_BYTES, None, |w| nibbles(w.add(4)))[0]
+    }
+}
+
+with_vnni_variant! {
+    pub unsafe fn q5_0_q8_1 / q5_0_q8_1_vnni(row: &[u8], act: &[u8]) -> f32 {
+        against_q8_1_pair::<VNNI>([row, row], act, q5_0::BLOCK_BYTES, Some(-16.0), |w| five_bit_levels(w.add(2), w.add(6)))[0]
+    }
+}
+
+with_vnni_variant! {
+    pub unsafe fn q5_1_q8_1 / q5_1_q8_1_vnni(row: &[u8], act: &[u8]) -> f32 {
+        against_q8_1_pair::<VNNI>([row, row], act, q5_1::BLOCK_BYTES, None, |w| five_bit_levels(w.add(4), w.add(8)))[0]
+    }
+}
+
+with_vnni_variant! {
+    pub unsafe fn q8_0_q8_0 / q8_0_q8_0_vnni(row: &[u8], act: &[u8]) -> f32 {
+        let n = blocks(row, q8_0::BLOCK_BYTES, act, q8_0::BLOCK_BYTES);
+        let mut acc = _mm256_setzero_ps();
+        for i in 0..n {
+            let (w, a) = (row.as_ptr().add(i * q8_0::BLOCK_BYTES), act.as_ptr().add(i * q8_0::BLOCK_BYTES));
+            prefetch_ahead(w, q8_0::BLOCK_BYTES);
+            let d = _mm256_set1_ps(f16_at(w) * f16_at(a));
+            let sums = add_dot_i8_i8::<VNNI>(_mm256_setzero_si256(), load(w.add(2)), load(a.add(2)));
+            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sums), acc);
+        }
+        hsum(acc)
+    }
 }
 
 /// Σ level·a of a group block of 5-bit levels (Q5_0, Q5_1) against a Q8_1 block: the 8 rows'
@@ -332,7 +389,7 @@ pub unsafe fn q8_0_q8_0(row: &[u8], act: &[u8]) -> f32 {
 /// 4c + e (low nibbles) or 16 + 4c + e (high) of qh. Levels reach 31, so i16 sums take four
 /// products (≤ 31496), not eight.
 #[inline(always)]
-unsafe fn five_bit_group_sums(qh: *const u8, qs: *const u8, a: *const u8) -> __m256i {
+unsafe fn five_bit_group_sums<const VNNI: bool>(qh: *const u8, qs: *const u8, a: *const u8) -> __m256i {
     let low_nibbles = _mm256_set1_epi8(0x0f);
     let fifth_bit = _mm256_set1_epi8(0x10);
     // Within each lane, byte e tests bit e of the lane's byte 0 (low) or byte 2 (high).
@@ -354,52 +411,61 @@ unsafe fn five_bit_group_sums(qh: *const u8, qs: *const u8, a: *const u8) -> __m
             let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(quants), low_nibbles), spread(bits, byte2));
             let a_lo = broadcast_4_bytes(a.add(4 + 4 * c));
             let a_hi = broadcast_4_bytes(a.add(4 + 16 + 4 * c));
-            half_sums = _mm256_add_epi16(half_sums, _mm256_add_epi16(_mm256_maddubs_epi16(lo, a_lo), _mm256_maddubs_epi16(hi, a_hi)));
+            if VNNI {
+                sums = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(sums, lo, a_lo), hi, a_hi);
+            } else {
+                half_sums = _mm256_add_epi16(half_sums, _mm256_add_epi16(_mm256_maddubs_epi16(lo, a_lo), _mm256_maddubs_epi16(hi, a_hi)));
+            }
         }
-        sums = _mm256_add_epi32(sums, _mm256_madd_epi16(half_sums, _mm256_set1_epi16(1)));
+        if !VNNI {
+            sums = _mm256_add_epi32(sums, _mm256_madd_epi16(half_sums, _mm256_set1_epi16(1)));
+        }
     }
     sums
 }
 
-/// Eight Q5_0 rows interleaved against Q8_1 activations: the 8 rows' scales, then their qh
-/// and nibbles ([`five_bit_group_sums`]); the offset term is −16·Σ d·s.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q5_0x8_q8_1(group: &[u8], act: &[u8]) -> [f32; 8] {
-    q8_1_group_kernel(group, act, q5_0::BLOCK_BYTES, 0, -16.0, |w, a| five_bit_group_sums(w.add(16), w.add(48), a))
-}
-
-/// Eight Q5_1 rows interleaved against Q8_1 activations: as [`q5_0x8_q8_1`], with the 8
-/// rows' mins after their scales; the offset term is Σ m·s.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q5_1x8_q8_1(group: &[u8], act: &[u8]) -> [f32; 8] {
-    q8_1_group_kernel(group, act, q5_1::BLOCK_BYTES, 16, 1.0, |w, a| five_bit_group_sums(w.add(32), w.add(64), a))
-}
-
-/// Eight Q8_0 rows interleaved (`cpu::interleave`) against Q8_0 activations, lane r holding
-/// row r: a block of the group is the 8 rows' f16 scales, then 8 chunks of 32 bytes holding
-/// bytes 4c..4c+4 of each row (values 4c..). The products of signed levels reach 2·127² per
-/// i16 pair, so each chunk widens to i32 on its own.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q8_0x8_q8_0(group: &[u8], act: &[u8]) -> [f32; 8] {
-    const GROUP_BLOCK: usize = 8 * q8_0::BLOCK_BYTES;
-    let n = blocks(group, GROUP_BLOCK, act, q8_0::BLOCK_BYTES);
-    let mut acc = _mm256_setzero_ps();
-    for i in 0..n {
-        let (w, a) = (group.as_ptr().add(i * GROUP_BLOCK), act.as_ptr().add(i * q8_0::BLOCK_BYTES));
-        prefetch_ahead_by::<PREFETCH_AHEAD_FAST>(w, GROUP_BLOCK);
-        let mut sums = _mm256_setzero_si256();
-        for c in 0..8 {
-            let quants = load(w.add(16 + 32 * c));
-            let a = broadcast_4_bytes(a.add(2 + 4 * c));
-            sums = _mm256_add_epi32(sums, dot_i8_i8(quants, a));
-        }
-        let weight_scales = _mm256_cvtph_ps(_mm_loadu_si128(w as *const __m128i));
-        let da = _mm256_broadcastss_ps(f16_pair(u16::from_le_bytes([*a, *a.add(1)]) as u32));
-        acc = _mm256_fmadd_ps(_mm256_mul_ps(weight_scales, da), _mm256_cvtepi32_ps(sums), acc);
+with_vnni_variant! {
+    /// Eight Q5_0 rows interleaved against Q8_1 activations: the 8 rows' scales, then their qh
+    /// and nibbles ([`five_bit_group_sums`]); the offset term is −16·Σ d·s.
+    pub unsafe fn q5_0x8_q8_1 / q5_0x8_q8_1_vnni(group: &[u8], act: &[u8]) -> [f32; 8] {
+        q8_1_group_kernel(group, act, q5_0::BLOCK_BYTES, 0, -16.0, |w, a| five_bit_group_sums::<VNNI>(w.add(16), w.add(48), a))
     }
-    let mut out = [0f32; 8];
-    _mm256_storeu_ps(out.as_mut_ptr(), acc);
-    out
+}
+
+with_vnni_variant! {
+    /// Eight Q5_1 rows interleaved against Q8_1 activations: as [`q5_0x8_q8_1`], with the 8
+    /// rows' mins after their scales; the offset term is Σ m·s.
+    pub unsafe fn q5_1x8_q8_1 / q5_1x8_q8_1_vnni(group: &[u8], act: &[u8]) -> [f32; 8] {
+        q8_1_group_kernel(group, act, q5_1::BLOCK_BYTES, 16, 1.0, |w, a| five_bit_group_sums::<VNNI>(w.add(32), w.add(64), a))
+    }
+}
+
+with_vnni_variant! {
+    /// Eight Q8_0 rows interleaved (`cpu::interleave`) against Q8_0 activations, lane r holding
+    /// row r: a block of the group is the 8 rows' f16 scales, then 8 chunks of 32 bytes holding
+    /// bytes 4c..4c+4 of each row (values 4c..). The products of signed levels reach 2·127² per
+    /// i16 pair, so each chunk widens to i32 on its own.
+    pub unsafe fn q8_0x8_q8_0 / q8_0x8_q8_0_vnni(group: &[u8], act: &[u8]) -> [f32; 8] {
+        const GROUP_BLOCK: usize = 8 * q8_0::BLOCK_BYTES;
+        let n = blocks(group, GROUP_BLOCK, act, q8_0::BLOCK_BYTES);
+        let mut acc = _mm256_setzero_ps();
+        for i in 0..n {
+            let (w, a) = (group.as_ptr().add(i * GROUP_BLOCK), act.as_ptr().add(i * q8_0::BLOCK_BYTES));
+            prefetch_ahead_by::<PREFETCH_AHEAD_FAST>(w, GROUP_BLOCK);
+            let mut sums = _mm256_setzero_si256();
+            for c in 0..8 {
+                let quants = load(w.add(16 + 32 * c));
+                let a = broadcast_4_bytes(a.add(2 + 4 * c));
+                sums = add_dot_i8_i8::<VNNI>(sums, quants, a);
+            }
+            let weight_scales = _mm256_cvtph_ps(_mm_loadu_si128(w as *const __m128i));
+            let da = _mm256_broadcastss_ps(f16_pair(u16::from_le_bytes([*a, *a.add(1)]) as u32));
+            acc = _mm256_fmadd_ps(_mm256_mul_ps(weight_scales, da), _mm256_cvtepi32_ps(sums), acc);
+        }
+        let mut out = [0f32; 8];
+        _mm256_storeu_ps(out.as_mut_ptr(), acc);
+        out
+    }
 }
 
 // ---- k-quants against Q8_K

@@ -6,7 +6,8 @@
 //! Where no variant exists for this CPU, callers keep activations in f32 and use the table's
 //! exact `dot_f32`, so quantizing activations only ever happens where it is faster.
 //!
-//! `RETORT_ISA=scalar` forces the portable kernels (for comparisons and tests).
+//! `RETORT_ISA=scalar` forces the portable kernels, `RETORT_ISA=avx2` the AVX2 ones on an
+//! AVX-512 machine (for comparisons and tests).
 
 use std::sync::OnceLock;
 
@@ -24,15 +25,40 @@ pub enum Isa {
     Scalar,
     /// AVX2 + FMA + F16C (x86-64 since Haswell / Zen).
     Avx2,
+    /// Avx2's features plus AVX-512 F, BW and VL with VNNI (Cascade Lake, Ice Lake, Sapphire
+    /// Rapids, Zen 4 and later): `vpdpbusd` multiplies bytes and adds into i32 lanes in one
+    /// instruction where AVX2 takes `maddubs` + `madd`. Where no VNNI kernel exists, the
+    /// AVX2 one runs.
+    Avx512Vnni,
     /// Advanced SIMD, baseline on aarch64.
     Neon,
+}
+
+impl Isa {
+    /// Whether the AVX2 kernels run here (a subset of this instruction set's features).
+    pub fn has_avx2(self) -> bool {
+        matches!(self, Isa::Avx2 | Isa::Avx512Vnni)
+    }
+
+    /// Every instruction set this CPU runs, the chosen one last: the variants tests compare.
+    pub fn supported() -> Vec<Isa> {
+        let ladder = [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni, Isa::Neon];
+        match isa() {
+            Isa::Neon => vec![Isa::Scalar, Isa::Neon],
+            chosen => ladder.into_iter().take_while(|&i| i != chosen).chain([chosen]).collect(),
+        }
+    }
 }
 
 /// The instruction set the kernels use on this machine.
 pub fn isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
     *ISA.get_or_init(|| {
-        let isa = if std::env::var("RETORT_ISA").is_ok_and(|v| v.eq_ignore_ascii_case("scalar")) { Isa::Scalar } else { detect() };
+        let isa = match std::env::var("RETORT_ISA").map(|v| v.to_ascii_lowercase()).as_deref() {
+            Ok("scalar") => Isa::Scalar,
+            Ok("avx2") if detect().has_avx2() => Isa::Avx2,
+            _ => detect(),
+        };
         log::debug!("cpu kernels: {isa:?}");
         isa
     })
@@ -41,7 +67,8 @@ pub fn isa() -> Isa {
 fn detect() -> Isa {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
-        return Isa::Avx2;
+        let vnni = is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vl") && is_x86_feature_detected!("avx512vnni");
+        return if vnni { Isa::Avx512Vnni } else { Isa::Avx2 };
     }
     #[cfg(target_arch = "aarch64")]
     if std::arch::is_aarch64_feature_detected!("neon") {
@@ -113,83 +140,104 @@ pub fn vec_dot(dtype: DType) -> Option<VecDot> {
 
 /// `vec_dot` for a given instruction set (which must be this CPU's or a subset of it).
 pub fn vec_dot_for(isa: Isa, dtype: DType) -> Option<VecDot> {
-    let dot: fn(&[u8], &[u8]) -> f32 = match isa {
-        Isa::Scalar => return None,
+    match isa {
+        Isa::Scalar => None,
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => match dtype {
-            DType::Q4_0 => checked!(avx2::q4_0_q8_1, fn(&[u8], &[u8]) -> f32),
-            DType::Q4_1 => checked!(avx2::q4_1_q8_1, fn(&[u8], &[u8]) -> f32),
-            DType::Q5_0 => checked!(avx2::q5_0_q8_1, fn(&[u8], &[u8]) -> f32),
-            DType::Q5_1 => checked!(avx2::q5_1_q8_1, fn(&[u8], &[u8]) -> f32),
-            DType::Q8_0 => checked!(avx2::q8_0_q8_0, fn(&[u8], &[u8]) -> f32),
-            DType::Q2_K => checked!(avx2::q2_k_q8_k, fn(&[u8], &[u8]) -> f32),
-            DType::Q3_K => checked!(avx2::q3_k_q8_k, fn(&[u8], &[u8]) -> f32),
-            DType::Q4_K => checked!(avx2::q4_k_q8_k, fn(&[u8], &[u8]) -> f32),
-            DType::Q5_K => checked!(avx2::q5_k_q8_k, fn(&[u8], &[u8]) -> f32),
-            DType::Q6_K => checked!(avx2::q6_k_q8_k, fn(&[u8], &[u8]) -> f32),
-            _ => return None,
-        },
+        Isa::Avx2 => avx2_vec_dot(dtype),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => vnni_vec_dot(dtype).or_else(|| avx2_vec_dot(dtype)),
         #[cfg(target_arch = "aarch64")]
-        Isa::Neon => match dtype {
-            DType::Q4_0 => checked!(neon::q4_0_q8_1, fn(&[u8], &[u8]) -> f32),
-            DType::Q4_1 => checked!(neon::q4_1_q8_1, fn(&[u8], &[u8]) -> f32),
-            DType::Q8_0 => checked!(neon::q8_0_q8_0, fn(&[u8], &[u8]) -> f32),
-            _ => return None,
-        },
+        Isa::Neon => neon_vec_dot(dtype),
         #[allow(unreachable_patterns)]
+        _ => None,
+    }
+}
+
+/// A `VecDot` row of the tables below: `dtype`'s kernels against its `vec_dot_type`.
+fn kernels(dtype: DType, dot: fn(&[u8], &[u8]) -> f32, pair: Option<fn(&[u8], &[u8], &[u8]) -> [f32; 2]>, group: Option<fn(&[u8], &[u8]) -> [f32; 8]>) -> VecDot {
+    VecDot { act_type: dtype.traits().vec_dot_type, dot, pair, group }
+}
+
+/// A row of the x86 tables below: a weight type's row dot, then its pair and 8-row group
+/// kernels where it has them (`-` where not), as safe fn pointers.
+#[cfg(target_arch = "x86_64")]
+macro_rules! x86_row {
+    ($dtype:expr, $dot:path, $pair:tt, $group:tt) => {
+        kernels($dtype, checked!($dot, fn(&[u8], &[u8]) -> f32), x86_row!(@pair $pair), x86_row!(@group $group))
+    };
+    (@pair -) => { None };
+    (@pair $pair:path) => { checked_pair!($pair) };
+    (@group -) => { None };
+    (@group $group:path) => { Some(checked!($group, fn(&[u8], &[u8]) -> [f32; 8])) };
+}
+
+/// The AVX2 kernels, one row per weight type.
+#[cfg(target_arch = "x86_64")]
+fn avx2_vec_dot(dtype: DType) -> Option<VecDot> {
+    use avx2::*;
+    Some(match dtype {
+        DType::Q4_0 => x86_row!(dtype, q4_0_q8_1, q4_0_q8_1_pair, q4_0x8_q8_1),
+        DType::Q4_1 => x86_row!(dtype, q4_1_q8_1, q4_1_q8_1_pair, q4_1x8_q8_1),
+        DType::Q5_0 => x86_row!(dtype, q5_0_q8_1, q5_0_q8_1_pair, q5_0x8_q8_1),
+        DType::Q5_1 => x86_row!(dtype, q5_1_q8_1, q5_1_q8_1_pair, q5_1x8_q8_1),
+        DType::Q8_0 => x86_row!(dtype, q8_0_q8_0, -, q8_0x8_q8_0),
+        DType::Q2_K => x86_row!(dtype, q2_k_q8_k, -, -),
+        DType::Q3_K => x86_row!(dtype, q3_k_q8_k, -, -),
+        DType::Q4_K => x86_row!(dtype, q4_k_q8_k, -, q4_kx8_q8_k),
+        DType::Q5_K => x86_row!(dtype, q5_k_q8_k, -, -),
+        DType::Q6_K => x86_row!(dtype, q6_k_q8_k, -, q6_kx8_q8_k),
+        _ => return None,
+    })
+}
+
+/// The AVX-512 VNNI kernels, where they differ from AVX2's: the types whose byte products
+/// add straight into i32 sums (the k-quants scale i16 sums per sub-block, where `vpdpbusd`
+/// has nothing to save).
+#[cfg(target_arch = "x86_64")]
+fn vnni_vec_dot(dtype: DType) -> Option<VecDot> {
+    use avx2::*;
+    Some(match dtype {
+        DType::Q4_0 => x86_row!(dtype, q4_0_q8_1_vnni, q4_0_q8_1_pair_vnni, q4_0x8_q8_1_vnni),
+        DType::Q4_1 => x86_row!(dtype, q4_1_q8_1_vnni, q4_1_q8_1_pair_vnni, q4_1x8_q8_1_vnni),
+        DType::Q5_0 => x86_row!(dtype, q5_0_q8_1_vnni, q5_0_q8_1_pair_vnni, q5_0x8_q8_1_vnni),
+        DType::Q5_1 => x86_row!(dtype, q5_1_q8_1_vnni, q5_1_q8_1_pair_vnni, q5_1x8_q8_1_vnni),
+        DType::Q8_0 => x86_row!(dtype, q8_0_q8_0_vnni, -, q8_0x8_q8_0_vnni),
+        _ => return None,
+    })
+}
+
+/// The NEON kernels: row dots of the 32-value types.
+#[cfg(target_arch = "aarch64")]
+fn neon_vec_dot(dtype: DType) -> Option<VecDot> {
+    let dot = match dtype {
+        DType::Q4_0 => checked!(neon::q4_0_q8_1, fn(&[u8], &[u8]) -> f32),
+        DType::Q4_1 => checked!(neon::q4_1_q8_1, fn(&[u8], &[u8]) -> f32),
+        DType::Q8_0 => checked!(neon::q8_0_q8_0, fn(&[u8], &[u8]) -> f32),
         _ => return None,
     };
-    let pair = match (isa, dtype) {
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, DType::Q4_0) => checked_pair!(avx2::q4_0_q8_1_pair),
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, DType::Q4_1) => checked_pair!(avx2::q4_1_q8_1_pair),
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, DType::Q5_0) => checked_pair!(avx2::q5_0_q8_1_pair),
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, DType::Q5_1) => checked_pair!(avx2::q5_1_q8_1_pair),
-        _ => None,
-    };
-    let group = match (isa, dtype) {
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, DType::Q4_0) => Some(checked!(avx2::q4_0x8_q8_1, fn(&[u8], &[u8]) -> [f32; 8])),
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, DType::Q4_1) => Some(checked!(avx2::q4_1x8_q8_1, fn(&[u8], &[u8]) -> [f32; 8])),
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, DType::Q5_0) => Some(checked!(avx2::q5_0x8_q8_1, fn(&[u8], &[u8]) -> [f32; 8])),
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, DType::Q5_1) => Some(checked!(avx2::q5_1x8_q8_1, fn(&[u8], &[u8]) -> [f32; 8])),
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, DType::Q8_0) => Some(checked!(avx2::q8_0x8_q8_0, fn(&[u8], &[u8]) -> [f32; 8])),
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, DType::Q4_K) => Some(checked!(avx2::q4_kx8_q8_k, fn(&[u8], &[u8]) -> [f32; 8])),
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, DType::Q6_K) => Some(checked!(avx2::q6_kx8_q8_k, fn(&[u8], &[u8]) -> [f32; 8])),
-        _ => None,
-    };
-    Some(VecDot { act_type: dtype.traits().vec_dot_type, dot, pair, group })
+    Some(kernels(dtype, dot, None, None))
 }
 
 /// The fastest quantizer of activations to `act_type` (an 8-bit `vec_dot_type`). The vector
 /// ones round halves to even where the reference rounds them away from zero; any other
 /// value is the reference's.
 pub fn quantize_activations(act_type: DType) -> fn(&[f32], &mut [u8]) {
-    match (isa(), act_type) {
+    match (isa().has_avx2(), act_type) {
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, DType::Q8_0) => checked!(avx2::quantize_q8_0, fn(&[f32], &mut [u8])),
+        (true, DType::Q8_0) => checked!(avx2::quantize_q8_0, fn(&[f32], &mut [u8])),
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, DType::Q8_1) => checked!(avx2::quantize_q8_1, fn(&[f32], &mut [u8])),
+        (true, DType::Q8_1) => checked!(avx2::quantize_q8_1, fn(&[f32], &mut [u8])),
         _ => act_type.traits().from_f32.expect("activation types have quantizers"),
     }
 }
 
 /// The fastest decoder of a `dtype` row to f32 (the table's values, bit for bit).
 pub fn to_f32(dtype: DType) -> fn(&[u8], &mut [f32]) {
-    match (isa(), dtype) {
+    match (isa().has_avx2(), dtype) {
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, DType::F16) => checked!(avx2::f16_to_f32, fn(&[u8], &mut [f32])),
+        (true, DType::F16) => checked!(avx2::f16_to_f32, fn(&[u8], &mut [f32])),
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, DType::BF16) => checked!(avx2::bf16_to_f32, fn(&[u8], &mut [f32])),
+        (true, DType::BF16) => checked!(avx2::bf16_to_f32, fn(&[u8], &mut [f32])),
         _ => dtype.traits().to_f32,
     }
 }
@@ -200,11 +248,11 @@ pub fn dot_f32(dtype: DType) -> fn(&[u8], &[f32]) -> f32 {
 }
 
 pub fn dot_f32_for(isa: Isa, dtype: DType) -> fn(&[u8], &[f32]) -> f32 {
-    match (isa, dtype) {
+    match (isa.has_avx2(), dtype) {
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, DType::F16) => checked!(avx2::f16_f32, fn(&[u8], &[f32]) -> f32),
+        (true, DType::F16) => checked!(avx2::f16_f32, fn(&[u8], &[f32]) -> f32),
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, DType::BF16) => checked!(avx2::bf16_f32, fn(&[u8], &[f32]) -> f32),
+        (true, DType::BF16) => checked!(avx2::bf16_f32, fn(&[u8], &[f32]) -> f32),
         _ => dtype.traits().dot_f32,
     }
 }
@@ -213,11 +261,11 @@ pub fn dot_f32_for(isa: Isa, dtype: DType) -> fn(&[u8], &[f32]) -> f32 {
 /// one call, where this CPU has such a kernel (the 16-bit floats on AVX2): exact decode of
 /// F16 and BF16 files, whose rows are too short for a call each to be free.
 pub fn dot_rows_f32(dtype: DType) -> Option<fn(rows: &[u8], x: &[f32], out: &mut [f32])> {
-    match (isa(), dtype) {
+    match (isa().has_avx2(), dtype) {
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, DType::F16) => Some(checked!(avx2::f16_rows_f32, fn(&[u8], &[f32], &mut [f32]))),
+        (true, DType::F16) => Some(checked!(avx2::f16_rows_f32, fn(&[u8], &[f32], &mut [f32]))),
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, DType::BF16) => Some(checked!(avx2::bf16_rows_f32, fn(&[u8], &[f32], &mut [f32]))),
+        (true, DType::BF16) => Some(checked!(avx2::bf16_rows_f32, fn(&[u8], &[f32], &mut [f32]))),
         _ => None,
     }
 }
@@ -226,7 +274,7 @@ pub fn dot_rows_f32(dtype: DType) -> Option<fn(rows: &[u8], x: &[f32], out: &mut
 /// half of attention.
 ///
 /// # Safety
-/// AVX2, FMA and F16C must be present (`isa() == Isa::Avx2`).
+/// AVX2, FMA and F16C must be present (`isa().has_avx2()`).
 #[cfg(target_arch = "x86_64")]
 pub unsafe fn avx2_weighted_sum_f32(w: &[f32], rows: &[f32], out: &mut [f32]) {
     avx2::weighted_sum_f32(w, rows, out)
@@ -323,38 +371,78 @@ mod tests {
     #[test]
     fn vec_dot_variants_match_the_reference() {
         let mut seed = 0x1234_5678_9abc_def0u64;
-        let (mut checked, mut paired) = (0, 0);
-        for &dtype in DType::ALL {
-            let Some(kernel) = vec_dot(dtype) else { continue };
-            for (n, scale) in [(256, 1.0), (512, 3.0), (2048, 0.01), (256 * 7, 100.0)] {
-                let mut w = random(n, &mut seed, scale);
-                w[3] *= 50.0; // an outlier
-                w[40..72].fill(0.0); // a zero block
-                w[96..128].fill(0.25 * scale);
-                let x = random(n, &mut seed, 2.0);
-                let row = quantize(dtype, &w);
-                let act = quantize(kernel.act_type, &x);
-                let expected = vec_dot_reference(dtype, &row, kernel.act_type, &act);
-                let row_tolerance = tolerance(dtype, &row, kernel.act_type, &act);
-                let got = (kernel.dot)(&row, &act) as f64;
-                assert!((got - expected).abs() <= row_tolerance, "{dtype} n={n}: {got} vs {expected}");
-                checked += 1;
-                if let Some(pair) = kernel.pair {
-                    // The row as either of the pair, next to a row of other weights: the
-                    // same bits as the row alone, in either slot.
-                    let other = quantize(dtype, &random(n, &mut seed, scale));
-                    let other_alone = (kernel.dot)(&other, &act);
-                    assert_eq!(pair(&row, &other, &act), [got as f32, other_alone], "{dtype} n={n}: pair (row, other)");
-                    assert_eq!(pair(&other, &row, &act), [other_alone, got as f32], "{dtype} n={n}: pair (other, row)");
-                    paired += 1;
+        for isa in Isa::supported() {
+            let (mut checked, mut paired) = (0, 0);
+            for &dtype in DType::ALL {
+                let Some(kernel) = vec_dot_for(isa, dtype) else { continue };
+                for (n, scale) in [(256, 1.0), (512, 3.0), (2048, 0.01), (256 * 7, 100.0)] {
+                    let mut w = random(n, &mut seed, scale);
+                    w[3] *= 50.0; // an outlier
+                    w[40..72].fill(0.0); // a zero block
+                    w[96..128].fill(0.25 * scale);
+                    let x = random(n, &mut seed, 2.0);
+                    let row = quantize(dtype, &w);
+                    let act = quantize(kernel.act_type, &x);
+                    let expected = vec_dot_reference(dtype, &row, kernel.act_type, &act);
+                    let row_tolerance = tolerance(dtype, &row, kernel.act_type, &act);
+                    let got = (kernel.dot)(&row, &act) as f64;
+                    assert!((got - expected).abs() <= row_tolerance, "{isa:?} {dtype} n={n}: {got} vs {expected}");
+                    checked += 1;
+                    if let Some(pair) = kernel.pair {
+                        // The row as either of the pair, next to a row of other weights: the
+                        // same bits as the row alone, in either slot.
+                        let other = quantize(dtype, &random(n, &mut seed, scale));
+                        let other_alone = (kernel.dot)(&other, &act);
+                        assert_eq!(pair(&row, &other, &act), [got as f32, other_alone], "{isa:?} {dtype} n={n}: pair (row, other)");
+                        assert_eq!(pair(&other, &row, &act), [other_alone, got as f32], "{isa:?} {dtype} n={n}: pair (other, row)");
+                        paired += 1;
+                    }
                 }
             }
+            // AVX2 (and so AVX-512) has a variant for every block weight type (10 types × 4 shapes).
+            if isa.has_avx2() {
+                assert_eq!(checked, 40, "{isa:?}: vec_dot variants checked");
+                assert_eq!(paired, 16, "{isa:?}: pair kernels (Q4_0, Q4_1, Q5_0, Q5_1) checked");
+            }
         }
-        // AVX2 has a variant for every block weight type (10 types × 4 shapes).
-        if isa() == Isa::Avx2 {
-            assert_eq!(checked, 40, "vec_dot variants checked on an AVX2 machine");
-            assert_eq!(paired, 16, "pair kernels (Q4_0, Q4_1, Q5_0, Q5_1) checked on an AVX2 machine");
+    }
+
+    /// The AVX-512 VNNI kernels give the AVX2 kernels' results bit for bit (the same integer
+    /// sums, scaled in the same order): rows, pairs and 8-row groups, on a CPU that has both.
+    #[test]
+    fn vnni_kernels_equal_the_avx2_ones() {
+        if !Isa::supported().contains(&Isa::Avx512Vnni) {
+            eprintln!("no AVX-512 VNNI on this CPU: nothing to compare (scripts/test-avx512.sh runs this on an emulated one)");
+            return;
         }
+        let mut seed = 42u64;
+        let mut compared = 0;
+        for &dtype in DType::ALL {
+            let (Some(avx2), Some(vnni)) = (vec_dot_for(Isa::Avx2, dtype), vec_dot_for(Isa::Avx512Vnni, dtype)) else { continue };
+            for (n, scale) in [(256, 1.0), (2048, 30.0)] {
+                let rows: Vec<Vec<u8>> = (0..8)
+                    .map(|r| {
+                        let mut w = random(n, &mut seed, scale);
+                        w[r] *= 60.0; // an outlier, in a different place in each row
+                        quantize(dtype, &w)
+                    })
+                    .collect();
+                let act = quantize(avx2.act_type, &random(n, &mut seed, 2.0));
+                for row in &rows {
+                    assert_eq!((vnni.dot)(row, &act).to_bits(), (avx2.dot)(row, &act).to_bits(), "{dtype} n={n}: row dot");
+                }
+                if let (Some(a), Some(v)) = (avx2.pair, vnni.pair) {
+                    assert_eq!(v(&rows[0], &rows[1], &act), a(&rows[0], &rows[1], &act), "{dtype} n={n}: pair");
+                }
+                if let (Some(a), Some(v)) = (avx2.group, vnni.group) {
+                    let mut group = vec![0u8; 8 * rows[0].len()];
+                    crate::cpu::interleave::interleave(dtype, rows[0].len(), &rows.concat(), &mut group);
+                    assert_eq!(v(&group, &act).map(f32::to_bits), a(&group, &act).map(f32::to_bits), "{dtype} n={n}: group");
+                }
+                compared += 1;
+            }
+        }
+        assert_eq!(compared, 20, "every type with a VNNI kernel (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, and the k-quants' AVX2 ones) at 2 lengths");
     }
 
     #[test]

@@ -204,7 +204,7 @@ pub(crate) fn make_qkx2_quants_groups(
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))] // the lanes are x86-only
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if crate::cpu::simd::isa() == crate::cpu::simd::Isa::Avx2 && (n == 16 || n == 32) {
+    if crate::cpu::simd::isa().has_avx2() && (n == 16 || n == 32) {
         // 16 groups at a time where there are that many (two independent chains per step),
         // then 8.
         use lanes_avx2::make_qkx2_quants_lanes as lanes;
@@ -417,7 +417,7 @@ mod tests {
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn lane_q6_k_search_is_bit_identical_to_the_scalar_search() {
-        if crate::cpu::simd::isa() != crate::cpu::simd::Isa::Avx2 {
+        if !crate::cpu::simd::isa().has_avx2() {
             return;
         }
         let mut seed = 11u32;

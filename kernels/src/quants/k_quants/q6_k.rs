@@ -121,7 +121,7 @@ pub fn quantize_block(x: &[f32; QK_K], out: &mut [u8; BLOCK_BYTES]) {
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))] // the lanes are x86-only
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if crate::cpu::simd::isa() == crate::cpu::simd::Isa::Avx2 {
+    if crate::cpu::simd::isa().has_avx2() {
         for (half, (x, levels)) in x.chunks_exact(128).zip(levels.chunks_exact_mut(128)).enumerate() {
             // SAFETY: AVX2 was detected.
             let s = unsafe { super::lanes_avx2::make_qx_quants_x8(x, 16, 32, levels) };
