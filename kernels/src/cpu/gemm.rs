@@ -38,21 +38,24 @@ pub unsafe fn tile(mr: usize, kc: usize, tokens: Tokens, panel: &[f32], ldp: usi
     #[cfg(target_arch = "x86_64")]
     if super::simd::isa().has_avx2() {
         let panel = panel.as_ptr();
+        let avx512 = super::simd::isa() == super::simd::Isa::Avx512Vnni;
         macro_rules! by_height {
-            ($packed:literal, $x:expr, $ldx:expr) => {
+            ($kernel:ident, $packed:literal, $x:expr, $ldx:expr) => {
                 match mr {
-                    1 => tile_avx2::<1, $packed>(kc, $x, $ldx, panel, ldp, out, ldo, accumulate),
-                    2 => tile_avx2::<2, $packed>(kc, $x, $ldx, panel, ldp, out, ldo, accumulate),
-                    3 => tile_avx2::<3, $packed>(kc, $x, $ldx, panel, ldp, out, ldo, accumulate),
-                    4 => tile_avx2::<4, $packed>(kc, $x, $ldx, panel, ldp, out, ldo, accumulate),
-                    5 => tile_avx2::<5, $packed>(kc, $x, $ldx, panel, ldp, out, ldo, accumulate),
-                    _ => tile_avx2::<6, $packed>(kc, $x, $ldx, panel, ldp, out, ldo, accumulate),
+                    1 => $kernel::<1, $packed>(kc, $x, $ldx, panel, ldp, out, ldo, accumulate),
+                    2 => $kernel::<2, $packed>(kc, $x, $ldx, panel, ldp, out, ldo, accumulate),
+                    3 => $kernel::<3, $packed>(kc, $x, $ldx, panel, ldp, out, ldo, accumulate),
+                    4 => $kernel::<4, $packed>(kc, $x, $ldx, panel, ldp, out, ldo, accumulate),
+                    5 => $kernel::<5, $packed>(kc, $x, $ldx, panel, ldp, out, ldo, accumulate),
+                    _ => $kernel::<6, $packed>(kc, $x, $ldx, panel, ldp, out, ldo, accumulate),
                 }
             };
         }
-        match tokens {
-            Tokens::Rows { x, ldx } => by_height!(false, x.as_ptr(), ldx),
-            Tokens::Packed(x) => by_height!(true, x.as_ptr(), MR),
+        match (tokens, avx512) {
+            (Tokens::Rows { x, ldx }, false) => by_height!(tile_avx2, false, x.as_ptr(), ldx),
+            (Tokens::Packed(x), false) => by_height!(tile_avx2, true, x.as_ptr(), MR),
+            (Tokens::Rows { x, ldx }, true) => by_height!(tile_avx512, false, x.as_ptr(), ldx),
+            (Tokens::Packed(x), true) => by_height!(tile_avx512, true, x.as_ptr(), MR),
         }
         return;
     }
@@ -76,8 +79,9 @@ pub unsafe fn tiles_along_tokens(n_tokens: usize, kc: usize, x: &[f32], block_st
     if super::simd::isa().has_avx2() {
         // The full blocks straight to the kernel; the sizes were checked once above.
         done = n_tokens / MR;
+        let kernel = if super::simd::isa() == super::simd::Isa::Avx512Vnni { tile_avx512::<MR, true> } else { tile_avx2::<MR, true> };
         for b in 0..done {
-            tile_avx2::<MR, true>(kc, x.as_ptr().add(b * block_stride), MR, panel.as_ptr(), ldp, out.add(b * MR * ldo), ldo, accumulate);
+            kernel(kc, x.as_ptr().add(b * block_stride), MR, panel.as_ptr(), ldp, out.add(b * MR * ldo), ldo, accumulate);
         }
     }
     for b in done..n_blocks {
@@ -294,6 +298,32 @@ pub unsafe fn tile_scalar(mr: usize, kc: usize, tokens: Tokens, panel: &[f32], l
     }
 }
 
+/// [`tile_avx2`] with AVX-512: a panel step of NR = 16 rows is one zmm register, so a token
+/// takes one FMA per step where AVX2 takes two. Each lane sums the same products in the same
+/// order as AVX2's, so the two tiles agree bit for bit.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_avx512<const M: usize, const PACKED: bool>(kc: usize, x: *const f32, ldx: usize, panel: *const f32, ldp: usize, out: *mut f32, ldo: usize, accumulate: bool) {
+    use std::arch::x86_64::*;
+    for t in 0..M {
+        _mm_prefetch::<_MM_HINT_ET0>(out.add(t * ldo) as *const i8);
+    }
+    let mut acc = [_mm512_setzero_ps(); M];
+    for i in 0..kc {
+        let b = _mm512_loadu_ps(panel.add(i * ldp));
+        for t in 0..M {
+            let at = if PACKED { i * MR + t } else { t * ldx + i };
+            acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(*x.add(at)), b, acc[t]);
+        }
+    }
+    for t in 0..M {
+        let o = out.add(t * ldo);
+        let sum = if accumulate { _mm512_add_ps(acc[t], _mm512_loadu_ps(o)) } else { acc[t] };
+        _mm512_storeu_ps(o, sum);
+    }
+}
+
 /// M tokens; with PACKED the activations are [`Tokens::Packed`] (`ldx` unused), else rows.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
@@ -367,6 +397,30 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The AVX-512 tile gives the AVX2 tile's sums bit for bit, on a CPU that has both.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_tile_equals_the_avx2_one() {
+        use crate::cpu::simd::Isa;
+        if !Isa::supported().contains(&Isa::Avx512Vnni) {
+            eprintln!("no AVX-512 on this CPU: nothing to compare (scripts/test-avx512.sh runs this on an emulated one)");
+            return;
+        }
+        let kc = 37;
+        let panel: Vec<f32> = (0..kc * NR).map(|i| ((i * 7919) % 101) as f32 / 30.0 - 1.7).collect();
+        let x: Vec<f32> = (0..kc * MR).map(|i| ((i * 104729) % 89) as f32 / 20.0 - 2.1).collect();
+        for accumulate in [false, true] {
+            let start: Vec<f32> = (0..MR * NR).map(|i| i as f32 * 0.125).collect();
+            let (mut avx2, mut avx512) = (start.clone(), start.clone());
+            // SAFETY: both features were found; MR rows of NR outputs, kc steps of x and panel.
+            unsafe {
+                tile_avx2::<MR, true>(kc, x.as_ptr(), MR, panel.as_ptr(), NR, avx2.as_mut_ptr(), NR, accumulate);
+                tile_avx512::<MR, true>(kc, x.as_ptr(), MR, panel.as_ptr(), NR, avx512.as_mut_ptr(), NR, accumulate);
+            }
+            assert!(avx2.iter().zip(&avx512).all(|(a, b)| a.to_bits() == b.to_bits()), "accumulate={accumulate}");
         }
     }
 
