@@ -19,6 +19,8 @@ for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("profile", {}).get("test") and m.get("executable"):
         print(m["executable"])')
+# The integration tests read their fixtures from the source tree's path.
+export RETORT_EMU_FILES="$PWD/kernels/tests/fixtures"
 status=0
 for binary in $binaries; do
     echo "== $(basename "$binary") on the emulated AVX-512 CPU"

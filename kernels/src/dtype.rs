@@ -48,8 +48,10 @@ pub struct TypeTraits {
     pub dot_f32: fn(row: &[u8], x: &[f32]) -> f32,
     /// ggml's vec_dot_type: the 8-bit type activations are quantized to for the integer
     /// dot products of this weight type (`cpu::simd::vec_dot`); F32 where activations stay
-    /// f32 (the float types, and the activation-only types themselves). Unlike ggml, Q4_0
-    /// and Q5_0 take Q8_1: its block sums turn their fixed offsets into one multiply a block.
+    /// f32 (F32, F16, and the activation-only types themselves). BF16 takes BF16, as in
+    /// ggml, where the CPU multiplies BF16 pairs (AVX-512 BF16); elsewhere it stays exact.
+    /// Unlike ggml, Q4_0 and Q5_0 take Q8_1: its block sums turn their fixed offsets into
+    /// one multiply a block.
     pub vec_dot_type: DType,
     /// The block as integer levels with a scale and an offset per 32 values, w = scale·u +
     /// offset, exactly: what the 8-bit prefill kernel multiplies (`cpu::matmul_8bit`). None
@@ -88,7 +90,7 @@ const ROWS: [TypeTraits; DType::ALL.len()] = [
     },
     TypeTraits {
         dtype: DType::BF16, ggml_id: 30, name: "bf16", block_size: 1, type_size: 2,
-        to_f32: float::bf16_to_f32, from_f32: Some(float::bf16_from_f32), dot_f32: float::bf16_dot, vec_dot_type: DType::F32, levels: None,
+        to_f32: float::bf16_to_f32, from_f32: Some(float::bf16_from_f32), dot_f32: float::bf16_dot, vec_dot_type: DType::BF16, levels: None,
     },
     TypeTraits {
         dtype: DType::Q4_0, ggml_id: 2, name: "q4_0", block_size: q4_0::QK, type_size: q4_0::BLOCK_BYTES,

@@ -38,7 +38,7 @@ pub unsafe fn tile(mr: usize, kc: usize, tokens: Tokens, panel: &[f32], ldp: usi
     #[cfg(target_arch = "x86_64")]
     if super::simd::isa().has_avx2() {
         let panel = panel.as_ptr();
-        let avx512 = super::simd::isa() == super::simd::Isa::Avx512Vnni;
+        let avx512 = super::simd::isa().has_avx512_vnni();
         macro_rules! by_height {
             ($kernel:ident, $packed:literal, $x:expr, $ldx:expr) => {
                 match mr {
@@ -79,7 +79,7 @@ pub unsafe fn tiles_along_tokens(n_tokens: usize, kc: usize, x: &[f32], block_st
     if super::simd::isa().has_avx2() {
         // The full blocks straight to the kernel; the sizes were checked once above.
         done = n_tokens / MR;
-        let kernel = if super::simd::isa() == super::simd::Isa::Avx512Vnni { tile_avx512::<MR, true> } else { tile_avx2::<MR, true> };
+        let kernel = if super::simd::isa().has_avx512_vnni() { tile_avx512::<MR, true> } else { tile_avx2::<MR, true> };
         for b in 0..done {
             kernel(kc, x.as_ptr().add(b * block_stride), MR, panel.as_ptr(), ldp, out.add(b * MR * ldo), ldo, accumulate);
         }
@@ -404,8 +404,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx512_tile_equals_the_avx2_one() {
-        use crate::cpu::simd::Isa;
-        if !Isa::supported().contains(&Isa::Avx512Vnni) {
+        if !crate::cpu::simd::isa().has_avx512_vnni() {
             eprintln!("no AVX-512 on this CPU: nothing to compare (scripts/test-avx512.sh runs this on an emulated one)");
             return;
         }

@@ -63,7 +63,7 @@ pub unsafe fn tile_i8(mr: usize, tokens: &Tokens, t0: usize, b0: usize, n_blocks
     #[cfg(target_arch = "x86_64")]
     if super::simd::isa().has_avx2() {
         let args = (tokens, t0, b0, n_blocks, levels, scales, offsets, out, ldo, accumulate);
-        if super::simd::isa() == super::simd::Isa::Avx512Vnni {
+        if super::simd::isa().has_avx512_vnni() {
             // `vpdpbusd` adds into i32 lanes: no i16 sums to flush.
             match (mr, range == LevelRange::Signed) {
                 (1, false) => avx2::tile_vnni::<1, 8>(args),

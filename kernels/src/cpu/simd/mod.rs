@@ -6,8 +6,8 @@
 //! Where no variant exists for this CPU, callers keep activations in f32 and use the table's
 //! exact `dot_f32`, so quantizing activations only ever happens where it is faster.
 //!
-//! `RETORT_ISA=scalar` forces the portable kernels, `RETORT_ISA=avx2` the AVX2 ones on an
-//! AVX-512 machine (for comparisons and tests).
+//! `RETORT_ISA=scalar` forces the portable kernels; `avx2` or `avx512vnni` stop an AVX-512
+//! machine at that rung (for comparisons and tests).
 
 use std::sync::OnceLock;
 
@@ -15,6 +15,8 @@ use crate::dtype::DType;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 #[cfg(target_arch = "x86_64")]
 pub(super) use avx2::hsum;
 #[cfg(target_arch = "aarch64")]
@@ -30,6 +32,9 @@ pub enum Isa {
     /// instruction where AVX2 takes `maddubs` + `madd`. Where no VNNI kernel exists, the
     /// AVX2 one runs.
     Avx512Vnni,
+    /// Avx512Vnni's features plus AVX-512 BF16 (Cooper Lake, Sapphire Rapids, Zen 4 and
+    /// later): BF16 weights against BF16 activations in `vdpbf16ps`, as ggml does.
+    Avx512Bf16,
     /// Advanced SIMD, baseline on aarch64.
     Neon,
 }
@@ -37,12 +42,17 @@ pub enum Isa {
 impl Isa {
     /// Whether the AVX2 kernels run here (a subset of this instruction set's features).
     pub fn has_avx2(self) -> bool {
-        matches!(self, Isa::Avx2 | Isa::Avx512Vnni)
+        matches!(self, Isa::Avx2 | Isa::Avx512Vnni | Isa::Avx512Bf16)
+    }
+
+    /// Whether the AVX-512 VNNI kernels (and the zmm f32 tile) run here.
+    pub fn has_avx512_vnni(self) -> bool {
+        matches!(self, Isa::Avx512Vnni | Isa::Avx512Bf16)
     }
 
     /// Every instruction set this CPU runs, the chosen one last: the variants tests compare.
     pub fn supported() -> Vec<Isa> {
-        let ladder = [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni, Isa::Neon];
+        let ladder = [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni, Isa::Avx512Bf16, Isa::Neon];
         match isa() {
             Isa::Neon => vec![Isa::Scalar, Isa::Neon],
             chosen => ladder.into_iter().take_while(|&i| i != chosen).chain([chosen]).collect(),
@@ -57,6 +67,7 @@ pub fn isa() -> Isa {
         let isa = match std::env::var("RETORT_ISA").map(|v| v.to_ascii_lowercase()).as_deref() {
             Ok("scalar") => Isa::Scalar,
             Ok("avx2") if detect().has_avx2() => Isa::Avx2,
+            Ok("avx512vnni") if detect().has_avx512_vnni() => Isa::Avx512Vnni,
             _ => detect(),
         };
         log::debug!("cpu kernels: {isa:?}");
@@ -68,7 +79,11 @@ fn detect() -> Isa {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
         let vnni = is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vl") && is_x86_feature_detected!("avx512vnni");
-        return if vnni { Isa::Avx512Vnni } else { Isa::Avx2 };
+        return match (vnni, is_x86_feature_detected!("avx512bf16")) {
+            (true, true) => Isa::Avx512Bf16,
+            (true, false) => Isa::Avx512Vnni,
+            _ => Isa::Avx2,
+        };
     }
     #[cfg(target_arch = "aarch64")]
     if std::arch::is_aarch64_feature_detected!("neon") {
@@ -146,6 +161,8 @@ pub fn vec_dot_for(isa: Isa, dtype: DType) -> Option<VecDot> {
         Isa::Avx2 => avx2_vec_dot(dtype),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => vnni_vec_dot(dtype).or_else(|| avx2_vec_dot(dtype)),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Bf16 => bf16_vec_dot(dtype).or_else(|| vnni_vec_dot(dtype)).or_else(|| avx2_vec_dot(dtype)),
         #[cfg(target_arch = "aarch64")]
         Isa::Neon => neon_vec_dot(dtype),
         #[allow(unreachable_patterns)]
@@ -204,6 +221,12 @@ fn vnni_vec_dot(dtype: DType) -> Option<VecDot> {
         DType::Q8_0 => x86_row!(dtype, q8_0_q8_0_vnni, -, q8_0x8_q8_0_vnni),
         _ => return None,
     })
+}
+
+/// The AVX-512 BF16 kernel: BF16 rows against BF16 activations.
+#[cfg(target_arch = "x86_64")]
+fn bf16_vec_dot(dtype: DType) -> Option<VecDot> {
+    (dtype == DType::BF16).then(|| kernels(dtype, checked!(avx512::bf16_bf16, fn(&[u8], &[u8]) -> f32), None, None))
 }
 
 /// The NEON kernels: row dots of the 32-value types.
@@ -399,9 +422,10 @@ mod tests {
                     }
                 }
             }
-            // AVX2 (and so AVX-512) has a variant for every block weight type (10 types × 4 shapes).
+            // AVX2 (and so AVX-512) has a variant for every block weight type (10 types × 4
+            // shapes), AVX-512 BF16 one for BF16 too.
             if isa.has_avx2() {
-                assert_eq!(checked, 40, "{isa:?}: vec_dot variants checked");
+                assert_eq!(checked, if isa == Isa::Avx512Bf16 { 44 } else { 40 }, "{isa:?}: vec_dot variants checked");
                 assert_eq!(paired, 16, "{isa:?}: pair kernels (Q4_0, Q4_1, Q5_0, Q5_1) checked");
             }
         }
