@@ -50,13 +50,27 @@ impl Isa {
         matches!(self, Isa::Avx512Vnni | Isa::Avx512Bf16)
     }
 
+    /// The x86 instruction sets in order, each a superset of the ones before.
+    fn x86_rung(self) -> Option<u8> {
+        match self {
+            Isa::Avx2 => Some(1),
+            Isa::Avx512Vnni => Some(2),
+            Isa::Avx512Bf16 => Some(3),
+            Isa::Scalar | Isa::Neon => None,
+        }
+    }
+
+    /// Whether this CPU runs this instruction set's kernels: the chosen one, or one below it.
+    pub fn runs_here(self) -> bool {
+        match (self.x86_rung(), isa().x86_rung()) {
+            (Some(wanted), Some(chosen)) => wanted <= chosen,
+            _ => self == Isa::Scalar || self == isa(),
+        }
+    }
+
     /// Every instruction set this CPU runs, the chosen one last: the variants tests compare.
     pub fn supported() -> Vec<Isa> {
-        let ladder = [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni, Isa::Avx512Bf16, Isa::Neon];
-        match isa() {
-            Isa::Neon => vec![Isa::Scalar, Isa::Neon],
-            chosen => ladder.into_iter().take_while(|&i| i != chosen).chain([chosen]).collect(),
-        }
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni, Isa::Avx512Bf16, Isa::Neon].into_iter().filter(|isa| isa.runs_here()).collect()
     }
 }
 
@@ -153,8 +167,11 @@ pub fn vec_dot(dtype: DType) -> Option<VecDot> {
     vec_dot_for(isa(), dtype)
 }
 
-/// `vec_dot` for a given instruction set (which must be this CPU's or a subset of it).
+/// `vec_dot` for a given instruction set; None where this CPU does not run it.
 pub fn vec_dot_for(isa: Isa, dtype: DType) -> Option<VecDot> {
+    if !isa.runs_here() {
+        return None;
+    }
     match isa {
         Isa::Scalar => None,
         #[cfg(target_arch = "x86_64")]
@@ -270,8 +287,9 @@ pub fn dot_f32(dtype: DType) -> fn(&[u8], &[f32]) -> f32 {
     dot_f32_for(isa(), dtype)
 }
 
+/// [`dot_f32`] for a given instruction set (the table's where this CPU does not run it).
 pub fn dot_f32_for(isa: Isa, dtype: DType) -> fn(&[u8], &[f32]) -> f32 {
-    match (isa.has_avx2(), dtype) {
+    match (isa.has_avx2() && isa.runs_here(), dtype) {
         #[cfg(target_arch = "x86_64")]
         (true, DType::F16) => checked!(avx2::f16_f32, fn(&[u8], &[f32]) -> f32),
         #[cfg(target_arch = "x86_64")]
@@ -429,6 +447,19 @@ mod tests {
                 assert_eq!(paired, 16, "{isa:?}: pair kernels (Q4_0, Q4_1, Q5_0, Q5_1) checked");
             }
         }
+    }
+
+    /// An instruction set this CPU does not run hands out no kernel (the fn pointers are safe
+    /// to call only where their features are present); the ones it runs include the chosen
+    /// one and the scalar reference.
+    #[test]
+    fn only_instruction_sets_this_cpu_runs_hand_out_kernels() {
+        let all = [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni, Isa::Avx512Bf16, Isa::Neon];
+        for isa in all.into_iter().filter(|isa| !isa.runs_here()) {
+            assert!(DType::ALL.iter().all(|&dtype| vec_dot_for(isa, dtype).is_none()), "{isa:?} is not run here but handed out a kernel");
+        }
+        let supported = Isa::supported();
+        assert!(supported.contains(&Isa::Scalar) && supported.last() == Some(&isa()), "{supported:?}");
     }
 
     /// The AVX-512 VNNI kernels give the AVX2 kernels' results bit for bit (the same integer
