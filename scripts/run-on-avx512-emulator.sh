@@ -44,7 +44,8 @@
 #                        crate dir when tests open paths relative to it
 #   RETORT_EMU_VERBOSE=1 also print the guest kernel log and Bochs' log path (stderr)
 #   RETORT_EMU_KEEP=1    keep the per-run work dir (ISO, serial log, bochsrc)
-#   RETORT_EMU_DEBIAN_MIRROR  Debian mirror (default http://deb.debian.org/debian)
+#   RETORT_EMU_DEBIAN_MIRROR  Debian mirror (default: the first non-security archive in this
+#                        machine's apt sources)
 set -euo pipefail
 
 die() { echo "retort-emu: $*" >&2; exit 125; }
@@ -64,7 +65,14 @@ cpu_model=${RETORT_EMU_CPU:-sapphire_rapids}
 ips=${RETORT_EMU_IPS:-100000000}
 passenv=${RETORT_EMU_PASSENV:-RUST_BACKTRACE RUST_LOG RUST_TEST_THREADS RUST_MIN_STACK RUST_TEST_NOCAPTURE}
 verbose=${RETORT_EMU_VERBOSE:-0}
-mirror=${RETORT_EMU_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+# The Debian archive this machine's apt already uses (deb822 .sources or one-line .list).
+host_debian_mirror() {
+  { grep -h '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}'
+    grep -h '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null |
+      sed -E 's/^deb +(\[[^]]*\] +)?//' | awk '{print $1}'; } | grep -v security | head -n1 || true
+}
+mirror=${RETORT_EMU_DEBIAN_MIRROR:-$(host_debian_mirror)}
+[[ -n $mirror ]] || die "no Debian archive in this machine's apt sources; set RETORT_EMU_DEBIAN_MIRROR"
 # Guest-side artifacts (kernel, BIOS, Bochs source) come from trixie: its 6.12 kernel boots
 # cleanly on Bochs, while bookworm's 6.1 stalls for minutes of emulated idle time early in boot.
 guest_suite=trixie
