@@ -111,11 +111,7 @@ unsafe fn add_dot_u8_i8<const VNNI: bool>(acc: __m256i, u: __m256i, s: __m256i) 
 /// Σ u·s over 32 byte pairs (u unsigned ≤ 127, s signed), as 8 i32 partial sums.
 #[inline(always)]
 unsafe fn dot_u8_i8<const VNNI: bool>(u: __m256i, s: __m256i) -> __m256i {
-    if VNNI {
-        _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
-    } else {
-        _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
-    }
+    add_dot_u8_i8::<VNNI>(_mm256_setzero_si256(), u, s)
 }
 
 /// acc + Σ x·y over 32 signed byte pairs, as 8 i32 partial sums.
