@@ -151,49 +151,56 @@ pub fn attention(pool: &ThreadPool, q: &[f32], keys: KvRows, values: KvRows, cap
 
 /// The prefill form: for each query head, blocks of MR tokens go through the matmul
 /// micro-kernel twice, scores = Q·Kᵀ against keys packed NR positions to a panel, then
-/// out = softmax(scores)·V over the values widened to f32 (one copy per KV head, the panel
-/// stride being the head dim). Each key and value is loaded once per
-/// block of MR queries instead of once per query.
+/// out = softmax(scores)·V over the values widened to f32 and cut into panels of NR columns
+/// (one copy per KV head). Each key and value is loaded once per block of MR queries instead
+/// of once per query.
 #[allow(clippy::too_many_arguments)]
 fn attention_tiled(pool: &ThreadPool, q: &[f32], keys: KvRows, values: KvRows, capacity: usize, pos0: usize, s: &AttentionShape, out: &mut [f32]) {
     let (hd, vd) = (s.head_dim, s.v_head_dim);
     let n_tokens = q.len() / (s.n_head * hd);
     let n_ctx = pos0 + n_tokens;
     let n_panels = n_ctx.div_ceil(NR);
-    // Per KV head: keys as panels (panel[i·NR + c] = element i of key c, past n_ctx zero) and
-    // values widened to f32, position-major. One task per (KV head, panel of positions); the
-    // buffers are kept between calls, as fresh ones were page faults and a serial zeroing.
-    let panels_len = n_panels * hd * NR;
+    // Per KV head: keys as panels of NR positions (panel[i·NR + c] = element i of key c, past
+    // n_ctx zero), and values widened to f32 as panels of NR columns (value_panel[p·NR + c] =
+    // column c of position p), so both products read their panels as one sequential stream.
+    // One task per (KV head, panel of positions); the buffers are kept between calls, as fresh
+    // ones were page faults and a serial zeroing.
+    let (panels_len, value_panel_len) = (n_panels * hd * NR, n_panels * NR * NR);
+    let values_len = value_panel_len * (vd / NR);
     PREPARED_KV.with(|prepared| {
         let (packed_keys, values_f32) = &mut *prepared.borrow_mut();
         grow(packed_keys, s.n_head_kv * panels_len);
-        grow(values_f32, s.n_head_kv * n_panels * NR * vd);
+        grow(values_f32, s.n_head_kv * values_len);
         let (keys_out, values_out) = (SharedMut(packed_keys.as_mut_ptr()), SharedMut(values_f32.as_mut_ptr()));
         pool.for_ranges(s.n_head_kv * n_panels, 1, |tasks| SCORES.with(|rows| {
-            // The scores' buffer, idle until the blocks below, holds a panel's keys meanwhile.
+            // The scores' buffer, idle until the blocks below, holds a panel's keys (and one
+            // value) meanwhile.
             let mut rows = rows.borrow_mut();
-            grow(&mut rows, NR * hd);
+            grow(&mut rows, NR * hd + vd);
+            let (key_rows, value) = rows.split_at_mut(NR * hd);
+            let value = &mut value[..vd];
             for task in tasks {
                 let (kv, panel) = (task / n_panels, task % n_panels);
                 let positions = panel * NR..((panel + 1) * NR).min(n_ctx);
                 for (c, p) in positions.clone().enumerate() {
-                    keys.row_f32(kv * capacity + p, &mut rows[c * hd..][..hd]);
+                    keys.row_f32(kv * capacity + p, &mut key_rows[c * hd..][..hd]);
                 }
-                // SAFETY: task (kv, panel) alone writes this panel and these positions' values,
-                // inside the buffers grown above.
-                let (panel_out, widened) = unsafe {
-                    (
-                        std::slice::from_raw_parts_mut(keys_out.at(kv * panels_len + panel * hd * NR), hd * NR),
-                        std::slice::from_raw_parts_mut(values_out.at((kv * n_ctx + positions.start) * vd), positions.len() * vd),
-                    )
-                };
-                pack_panel(&rows, hd, positions.len(), hd, panel_out);
-                for (p, value) in positions.zip(widened.chunks_exact_mut(vd)) {
+                // SAFETY: task (kv, panel) alone writes this panel of keys, inside the buffer
+                // grown above.
+                let panel_out = unsafe { std::slice::from_raw_parts_mut(keys_out.at(kv * panels_len + panel * hd * NR), hd * NR) };
+                pack_panel(key_rows, hd, positions.len(), hd, panel_out);
+                for p in positions {
                     values.row_f32(kv * capacity + p, value);
+                    for (j, columns) in value.chunks_exact(NR).enumerate() {
+                        // SAFETY: task (kv, panel) alone writes its positions' NR columns of
+                        // each value panel, inside the buffer grown above.
+                        let at = kv * values_len + j * value_panel_len + p * NR;
+                        unsafe { std::slice::from_raw_parts_mut(values_out.at(at), NR) }.copy_from_slice(columns);
+                    }
                 }
             }
         }));
-        attend_in_blocks(pool, q, &packed_keys[..s.n_head_kv * panels_len], &values_f32[..s.n_head_kv * n_ctx * vd], pos0, s, out);
+        attend_in_blocks(pool, q, &packed_keys[..s.n_head_kv * panels_len], &values_f32[..s.n_head_kv * values_len], pos0, s, out);
     });
 }
 
@@ -204,6 +211,7 @@ fn attend_in_blocks(pool: &ThreadPool, q: &[f32], packed_keys: &[f32], values_f3
     let n_tokens = q.len() / (s.n_head * hd);
     let n_ctx = pos0 + n_tokens;
     let panels_len = n_ctx.div_ceil(NR) * hd * NR;
+    let value_panel_len = n_ctx.div_ceil(NR) * NR * NR;
     let n_blocks = n_tokens.div_ceil(MR);
     let out_ptr = SharedMut(out.as_mut_ptr());
     pool.for_ranges(s.n_head * n_blocks, 1, |tasks| {
@@ -230,11 +238,11 @@ fn attend_in_blocks(pool: &ThreadPool, q: &[f32], packed_keys: &[f32], values_f3
                     row[visible..].fill(0.0);
                 }
                 let kc = pos0 + t0 + mr;
-                let values = &values_f32[kv * n_ctx * vd..(kv + 1) * n_ctx * vd];
-                for c0 in (0..vd).step_by(NR) {
-                    // SAFETY: task (h, block) alone writes out[(t·n_head + h)·vd + c0 ..][..NR]
+                let values = &values_f32[kv * vd / NR * value_panel_len..][..vd / NR * value_panel_len];
+                for (j, panel) in values.chunks_exact(value_panel_len).enumerate() {
+                    // SAFETY: task (h, block) alone writes out[(t·n_head + h)·vd + j·NR ..][..NR]
                     // for its tokens t, inside the n_tokens · n_head · vd output.
-                    unsafe { tile(mr, kc, Tokens::Rows { x: &scores, ldx: width }, &values[c0..], vd, out_ptr.at((t0 * s.n_head + h) * vd + c0), s.n_head * vd, false) };
+                    unsafe { tile(mr, kc, Tokens::Rows { x: &scores, ldx: width }, panel, NR, out_ptr.at((t0 * s.n_head + h) * vd + j * NR), s.n_head * vd, false) };
                 }
             }
         });
