@@ -24,6 +24,7 @@ pub struct AttentionShape {
     pub n_head_kv: usize,
     pub head_dim: usize,
     pub v_head_dim: usize,
+    /// The scores' factor, > 0 (1/√head_dim): the prefill takes the max of the unscaled scores.
     pub scale: f32,
 }
 
@@ -119,6 +120,7 @@ pub fn attention(pool: &ThreadPool, q: &[f32], keys: KvRows, values: KvRows, cap
     let n_tokens = q.len() / (s.n_head * hd);
     assert_eq!(out.len(), n_tokens * s.n_head * vd);
     assert!(pos0 + n_tokens <= capacity, "attention past the cache");
+    assert!(s.scale > 0.0, "attention scale {} is not positive", s.scale);
     assert!(keys.len() >= s.n_head_kv * capacity * hd && values.len() >= s.n_head_kv * capacity * vd);
 
     if n_tokens >= MR && vd % NR == 0 {
@@ -218,7 +220,9 @@ fn attend_in_blocks(pool: &ThreadPool, q: &[f32], packed_keys: &[f32], values_f3
         SCORES.with(|scores| {
             let mut scores = scores.borrow_mut();
             for task in tasks {
-                let (h, t0) = (task / n_blocks, task % n_blocks * MR);
+                // Each head's blocks latest first: the last tasks handed out are then the
+                // cheapest, so no thread waits long on another's last one.
+                let (h, t0) = (task / n_blocks, (n_blocks - 1 - task % n_blocks) * MR);
                 let mr = MR.min(n_tokens - t0);
                 let kv = h / group;
                 let width = (pos0 + t0 + mr).div_ceil(NR) * NR;
@@ -230,19 +234,27 @@ fn attend_in_blocks(pool: &ThreadPool, q: &[f32], packed_keys: &[f32], values_f3
                     // panel·NR on.
                     unsafe { tile(mr, hd, Tokens::Rows { x: queries, ldx: s.n_head * hd }, keys, NR, scores.as_mut_ptr().add(panel * NR), width, false) };
                 }
-                for t in 0..mr {
-                    let row = &mut scores[t * width..(t + 1) * width];
+                // The softmax's numerators e^(scale·(score − max)), scaled in the exp's own
+                // pass; the division by their sum waits for the outputs, vd values a token
+                // rather than one per visible position.
+                let kc = pos0 + t0 + mr;
+                let mut inverse_sums = [0f32; MR];
+                for (t, inverse_sum) in inverse_sums[..mr].iter_mut().enumerate() {
+                    let row = &mut scores[t * width..][..kc];
                     let visible = pos0 + t0 + t + 1;
-                    scale(&mut row[..visible], s.scale);
-                    softmax(&mut row[..visible]);
+                    let shift = s.scale * max(&row[..visible]);
+                    *inverse_sum = 1.0 / exp_shifted(&mut row[..visible], s.scale, shift);
                     row[visible..].fill(0.0);
                 }
-                let kc = pos0 + t0 + mr;
                 let values = &values_f32[kv * vd / NR * value_panel_len..][..vd / NR * value_panel_len];
                 for (j, panel) in values.chunks_exact(value_panel_len).enumerate() {
                     // SAFETY: task (h, block) alone writes out[(t·n_head + h)·vd + j·NR ..][..NR]
                     // for its tokens t, inside the n_tokens · n_head · vd output.
                     unsafe { tile(mr, kc, Tokens::Rows { x: &scores, ldx: width }, panel, NR, out_ptr.at((t0 * s.n_head + h) * vd + j * NR), s.n_head * vd, false) };
+                }
+                for (t, &inverse_sum) in inverse_sums[..mr].iter().enumerate() {
+                    // SAFETY: as for the tiles above, token t0 + t's vd outputs of head h.
+                    scale(unsafe { std::slice::from_raw_parts_mut(out_ptr.at(((t0 + t) * s.n_head + h) * vd), vd) }, inverse_sum);
                 }
             }
         });
@@ -251,7 +263,7 @@ fn attend_in_blocks(pool: &ThreadPool, q: &[f32], packed_keys: &[f32], values_f3
 
 /// In-place softmax, shifted by the max for stability.
 pub fn softmax(x: &mut [f32]) {
-    let inv = 1.0 / exp_shifted(x, max(x));
+    let inv = 1.0 / exp_shifted(x, 1.0, max(x));
     scale(x, inv);
 }
 

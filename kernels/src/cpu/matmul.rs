@@ -257,6 +257,14 @@ fn panels_times_tokens(packed: &[f32], n_tokens: usize, w: Matrix, row_bytes: us
         let kc = KC.min(k - k0);
         for (p, panel) in panels.clone().zip(packed_panels.chunks_exact_mut(KC * NR)) {
             let cols = cols_of(p);
+            if k0 == 0 && p + 1 < panels.end && w.layout == Layout::Rows {
+                // The next panel's first slice, from memory while this one converts: the
+                // later slices are fetched while the tiles run (below), the first had no
+                // such time and stalled on every row.
+                for j in cols_of(p + 1) {
+                    simd::prefetch(w.row_blocks(j, 0..kc / block, row_bytes, &mut buf));
+                }
+            }
             if let (Layout::Rows, NR) = (w.layout, cols.len()) {
                 let rows = &w.bytes[cols.start * row_bytes + k0 / block * w.dtype.type_size()..];
                 if pack_panel_widening(w.dtype, rows, row_bytes, kc, &mut panel[..kc * NR]) {

@@ -113,33 +113,36 @@ fn silu_mul_tail(gate: &[f32], up: &[f32], out: &mut [f32]) {
     }
 }
 
-/// x[i] = exp(x[i] - shift), returning Σ x[i] (the softmax numerator and denominator).
-pub fn exp_shifted(x: &mut [f32], shift: f32) -> f32 {
+/// x[i] = exp(factor·x[i] - shift), returning Σ x[i] (the softmax numerator and
+/// denominator; the factor lets the prefill scale its scores here instead of in a pass of
+/// its own). Multiplied and subtracted apart, not fused, on every path: with factor 1 the
+/// argument is exactly x[i] - shift, and every path gives the same bits.
+pub fn exp_shifted(x: &mut [f32], factor: f32, shift: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if super::simd::isa().has_avx2() {
         // SAFETY: `isa()` found AVX2 and FMA.
-        let (done, sum) = unsafe { exp_shifted_avx2(x, shift) };
-        return sum + exp_shifted_tail(&mut x[done..], shift);
+        let (done, sum) = unsafe { exp_shifted_avx2(x, factor, shift) };
+        return sum + exp_shifted_tail(&mut x[done..], factor, shift);
     }
-    exp_shifted_portable(x, shift)
+    exp_shifted_portable(x, factor, shift)
 }
 
-fn exp_shifted_portable(x: &mut [f32], shift: f32) -> f32 {
+fn exp_shifted_portable(x: &mut [f32], factor: f32, shift: f32) -> f32 {
     let mut sum8 = f32x8::ZERO;
-    let shift8 = f32x8::splat(shift);
+    let (factor8, shift8) = (f32x8::splat(factor), f32x8::splat(shift));
     let mut chunks = x.chunks_exact_mut(8);
     for c in &mut chunks {
-        let e = portable_exp(f32x8::from(<[f32; 8]>::try_from(&*c).unwrap()) - shift8);
+        let e = portable_exp(f32x8::from(<[f32; 8]>::try_from(&*c).unwrap()) * factor8 - shift8);
         c.copy_from_slice(&e.to_array());
         sum8 += e;
     }
-    sum8.reduce_add() + exp_shifted_tail(chunks.into_remainder(), shift)
+    sum8.reduce_add() + exp_shifted_tail(chunks.into_remainder(), factor, shift)
 }
 
-fn exp_shifted_tail(x: &mut [f32], shift: f32) -> f32 {
+fn exp_shifted_tail(x: &mut [f32], factor: f32, shift: f32) -> f32 {
     let mut sum = 0.0;
     for v in x {
-        *v = (*v - shift).exp();
+        *v = (*v * factor - shift).exp();
         sum += *v;
     }
     sum
@@ -194,14 +197,14 @@ unsafe fn silu_mul_avx2(gate: &[f32], up: &[f32], out: &mut [f32]) -> usize {
 /// [`exp_shifted`] over whole groups of 8; returns how many values it did and their sum.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn exp_shifted_avx2(x: &mut [f32], shift: f32) -> (usize, f32) {
+unsafe fn exp_shifted_avx2(x: &mut [f32], factor: f32, shift: f32) -> (usize, f32) {
     use std::arch::x86_64::*;
     let n = x.len() / 8 * 8;
-    let shift = _mm256_set1_ps(shift);
+    let (factor, shift) = (_mm256_set1_ps(factor), _mm256_set1_ps(shift));
     let mut sum = _mm256_setzero_ps();
     for i in (0..n).step_by(8) {
         let p = x.as_mut_ptr().add(i);
-        let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p), shift));
+        let e = exp8(_mm256_sub_ps(_mm256_mul_ps(_mm256_loadu_ps(p), factor), shift));
         _mm256_storeu_ps(p, e);
         sum = _mm256_add_ps(sum, e);
     }
@@ -219,12 +222,12 @@ mod tests {
     #[test]
     fn silu_mul_and_exp_match_libm() {
         // The dispatched forms (AVX2 here) and the portable ones.
-        for (silu_mul, exp_shifted) in [(silu_mul as fn(&[f32], &[f32], &mut [f32]), exp_shifted as fn(&mut [f32], f32) -> f32), (silu_mul_portable, exp_shifted_portable)] {
+        for (silu_mul, exp_shifted) in [(silu_mul as fn(&[f32], &[f32], &mut [f32]), exp_shifted as fn(&mut [f32], f32, f32) -> f32), (silu_mul_portable, exp_shifted_portable)] {
             check_silu_mul_and_exp(silu_mul, exp_shifted);
         }
     }
 
-    fn check_silu_mul_and_exp(silu_mul: fn(&[f32], &[f32], &mut [f32]), exp_shifted: fn(&mut [f32], f32) -> f32) {
+    fn check_silu_mul_and_exp(silu_mul: fn(&[f32], &[f32], &mut [f32]), exp_shifted: fn(&mut [f32], f32, f32) -> f32) {
         let x: Vec<f32> = (0..1003).map(|i| (i as f32 - 500.0) / 20.0).collect();
         let up: Vec<f32> = (0..1003).map(|i| 1.0 + i as f32 / 1000.0).collect();
         let mut out = vec![0f32; x.len()];
@@ -234,24 +237,33 @@ mod tests {
             assert!((out[i] as f64 - exact).abs() <= 1e-6 * exact.abs().max(1e-3), "silu i={i}: {} vs {exact}", out[i]);
         }
         let mut e = x.clone();
-        let sum = exp_shifted(&mut e, 25.0);
+        let sum = exp_shifted(&mut e, 1.0, 25.0);
         let exact_sum: f64 = x.iter().map(|&v| (v as f64 - 25.0).exp()).sum();
         for i in 0..x.len() {
             let exact = (x[i] as f64 - 25.0).exp();
             assert!((e[i] as f64 - exact).abs() <= 2e-6 * exact, "exp i={i}: {} vs {exact}", e[i]);
         }
         assert!((sum as f64 - exact_sum).abs() <= 1e-5 * exact_sum);
+        // A factor, as the prefill's attention scale: e^(x/8 - 3).
+        let mut e = x.clone();
+        let sum = exp_shifted(&mut e, 0.125, 3.0);
+        let exact_sum: f64 = x.iter().map(|&v| (v as f64 * 0.125 - 3.0).exp()).sum();
+        for i in 0..x.len() {
+            let exact = (x[i] as f64 * 0.125 - 3.0).exp();
+            assert!((e[i] as f64 - exact).abs() <= 2e-6 * exact, "scaled exp i={i}: {} vs {exact}", e[i]);
+        }
+        assert!((sum as f64 - exact_sum).abs() <= 1e-5 * exact_sum);
 
         // Over the whole range where e^x is a normal float, past it, and NaN.
         let x: Vec<f32> = (0..1740).map(|i| -87.0 + i as f32 * 0.1).collect();
         let mut e = x.clone();
-        exp_shifted(&mut e, 0.0);
+        exp_shifted(&mut e, 1.0, 0.0);
         for (&x, &e) in x.iter().zip(&e) {
             let exact = (x as f64).exp();
             assert!((e as f64 - exact).abs() <= 2e-6 * exact, "exp({x}): {e} vs {exact}");
         }
         let mut edges = [-1000.0, 1000.0, f32::NAN, f32::NEG_INFINITY, 0.0, 0.0, 0.0, 0.0];
-        exp_shifted(&mut edges, 0.0);
+        exp_shifted(&mut edges, 1.0, 0.0);
         assert!(edges[0] >= 0.0 && edges[0] < 1e-37, "e^-1000 = {}", edges[0]);
         assert!(edges[1] > 1e37, "e^1000 = {}", edges[1]);
         assert!(edges[2].is_nan(), "e^NaN = {}", edges[2]);
@@ -273,16 +285,16 @@ mod tests {
         for i in 0..x.len() {
             assert_eq!(fast[i].to_bits(), portable[i].to_bits(), "silu({}) · {}: {} vs {}", x[i], up[i], fast[i], portable[i]);
         }
-        for shift in [0.0, 3.5] {
+        for (factor, shift) in [(1.0, 0.0), (1.0, 3.5), (0.125, 0.7)] {
             let (mut fast, mut portable) = (x.clone(), x.clone());
-            let (sum_fast, sum_portable) = (exp_shifted(&mut fast, shift), exp_shifted_portable(&mut portable, shift));
+            let (sum_fast, sum_portable) = (exp_shifted(&mut fast, factor, shift), exp_shifted_portable(&mut portable, factor, shift));
             for i in 0..x.len() {
-                assert_eq!(fast[i].to_bits(), portable[i].to_bits(), "exp({} - {shift}): {} vs {}", x[i], fast[i], portable[i]);
+                assert_eq!(fast[i].to_bits(), portable[i].to_bits(), "exp({factor}·{} - {shift}): {} vs {}", x[i], fast[i], portable[i]);
             }
             assert!(sum_fast.is_nan() && sum_portable.is_nan(), "a NaN input makes the sum NaN on both forms");
             let finite = &x[..20011];
             let (mut fast, mut portable) = (finite.to_vec(), finite.to_vec());
-            assert_eq!(exp_shifted(&mut fast, shift).to_bits(), exp_shifted_portable(&mut portable, shift).to_bits(), "softmax denominators, shift {shift}");
+            assert_eq!(exp_shifted(&mut fast, factor, shift).to_bits(), exp_shifted_portable(&mut portable, factor, shift).to_bits(), "softmax denominators, {factor}, {shift}");
         }
     }
 
