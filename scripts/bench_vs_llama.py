@@ -18,7 +18,7 @@ q4_k_m and q8_0, whose weights do not fit in any cache. Made files go to models-
 RETORT_SYNTH_1_5B=DIR reuses a synthetic checkpoint folder made earlier.
 
 llama.cpp's tools come from ../shared/tools/llama-peer.sh (built once, cached); retort from
-target/release/retort (built here if missing).
+target/release/retort (built here first, so the sources are what is measured).
 """
 import argparse, json, os, re, statistics, subprocess, sys
 from pathlib import Path
@@ -140,8 +140,8 @@ def main():
     ap.add_argument("--json", type=Path, help="also write every measurement here")
     args = ap.parse_args()
     env = peer_env()
-    if not RETORT.exists():
-        subprocess.run(["cargo", "build", "--release", "-p", "retort-runtime", "--bin", "retort"], cwd=ROOT, check=True)
+    # Always: a binary left from older sources would be measured as if it were this commit.
+    subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "retort-runtime", "--bin", "retort"], cwd=ROOT, check=True)
     models = args.models or default_files()
     threads = [int(t) for t in args.threads.split(",")]
     print(f"| model | MiB/token | threads | llama.cpp pp{args.p} | retort pp{args.p} | ratio | llama.cpp tg{args.n} | retort tg{args.n} | ratio | read GB/s | tg limit | llama.cpp % of limit | retort % of limit |")
