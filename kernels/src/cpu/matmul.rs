@@ -67,6 +67,18 @@ impl Matrix<'_> {
         &self.bytes[j * row_bytes..(j + 1) * row_bytes]
     }
 
+    /// Asks for blocks `blocks` of `rows` from memory ahead of their use. Row-major matrices
+    /// only: an interleaved one's blocks are gathered, so there is no one range to ask for.
+    fn prefetch_rows(&self, rows: Range<usize>, blocks: Range<usize>, row_bytes: usize) {
+        if self.layout != Layout::Rows {
+            return;
+        }
+        let type_size = self.dtype.type_size();
+        for j in rows {
+            simd::prefetch(&self.row(j, row_bytes)[blocks.start * type_size..blocks.end * type_size]);
+        }
+    }
+
     /// Blocks `blocks` of row j in the file's layout: a view of a row-major matrix, or
     /// gathered into `buf` (at least GATHER_BYTES) from an interleaved one.
     fn row_blocks<'b>(&'b self, j: usize, blocks: Range<usize>, row_bytes: usize, buf: &'b mut [u8]) -> &'b [u8] {
@@ -257,13 +269,11 @@ fn panels_times_tokens(packed: &[f32], n_tokens: usize, w: Matrix, row_bytes: us
         let kc = KC.min(k - k0);
         for (p, panel) in panels.clone().zip(packed_panels.chunks_exact_mut(KC * NR)) {
             let cols = cols_of(p);
-            if k0 == 0 && p + 1 < panels.end && w.layout == Layout::Rows {
+            if k0 == 0 && p + 1 < panels.end {
                 // The next panel's first slice, from memory while this one converts: the
                 // later slices are fetched while the tiles run (below), the first had no
                 // such time and stalled on every row.
-                for j in cols_of(p + 1) {
-                    simd::prefetch(w.row_blocks(j, 0..kc / block, row_bytes, &mut buf));
-                }
+                w.prefetch_rows(cols_of(p + 1), 0..kc / block, row_bytes);
             }
             if let (Layout::Rows, NR) = (w.layout, cols.len()) {
                 let rows = &w.bytes[cols.start * row_bytes + k0 / block * w.dtype.type_size()..];
@@ -281,13 +291,10 @@ fn panels_times_tokens(packed: &[f32], n_tokens: usize, w: Matrix, row_bytes: us
             let x = &packed[(t0 / MR * k + k0) * MR..];
             for (p, panel) in panels.clone().zip(packed_panels.chunks_exact(KC * NR)) {
                 let cols = cols_of(p);
-                if t0 == 0 && k0 + KC < k && w.layout == Layout::Rows {
+                if t0 == 0 && k0 + KC < k {
                     // The next slice of this panel's rows, from memory into L2 while the
                     // tiles run: converting it had stalled on every row's first line.
-                    let next = (k0 + KC) / block..(k0 + 2 * KC).min(k) / block;
-                    for j in cols.clone() {
-                        simd::prefetch(w.row_blocks(j, next.clone(), row_bytes, &mut buf));
-                    }
+                    w.prefetch_rows(cols.clone(), (k0 + KC) / block..(k0 + 2 * KC).min(k) / block, row_bytes);
                 }
                 if cols.len() == NR {
                     // SAFETY: the tiles cover tokens t0..t0 + chunk and this panel's NR
